@@ -1,0 +1,27 @@
+"""ddim_sched: a drop-in, sync-free PyTorch implementation of the DDIM diffusion scheduler.
+
+>>> from ddim_sched import DDIMScheduler
+>>> scheduler = DDIMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
+...                           clip_sample=False, set_alpha_to_one=False, steps_offset=1)
+>>> scheduler.set_timesteps(5)
+>>> scheduler.timesteps.tolist()
+[801, 601, 401, 201, 1]
+"""
+
+from . import kernel, schedules, spacing
+from .config import DDIMConfig
+from .config_io import ConfigFileNotFoundError
+from .output import DDIMSchedulerOutput
+from .scheduler import DDIMScheduler
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ConfigFileNotFoundError",
+    "DDIMConfig",
+    "DDIMScheduler",
+    "DDIMSchedulerOutput",
+    "kernel",
+    "schedules",
+    "spacing",
+]

@@ -1,0 +1,236 @@
+"""The frozen, validated configuration of a DDIM scheduler and its diffusers-style dict view."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal, get_args
+
+import numpy as np
+
+from .schedules import BETA_SCHEDULES
+from .spacing import SPACINGS
+
+logger = logging.getLogger("ddim_sched")
+
+PredictionType = Literal["epsilon", "sample", "v_prediction"]
+PrevTimestepRule = Literal["stride", "schedule"]
+
+PREDICTION_TYPES: tuple[str, ...] = get_args(PredictionType)
+PREV_TIMESTEP_RULES: tuple[str, ...] = get_args(PrevTimestepRule)
+
+# The 15 fields of diffusers' DDIMScheduler, in its order; the rest are ddim_sched extensions.
+DIFFUSERS_FIELDS: tuple[str, ...] = (
+    "num_train_timesteps",
+    "beta_start",
+    "beta_end",
+    "beta_schedule",
+    "trained_betas",
+    "clip_sample",
+    "set_alpha_to_one",
+    "steps_offset",
+    "prediction_type",
+    "thresholding",
+    "dynamic_thresholding_ratio",
+    "clip_sample_range",
+    "sample_max_value",
+    "timestep_spacing",
+    "rescale_betas_zero_snr",
+)
+
+
+def _choice(name: str, value: Any, accepted: Mapping[str, Any] | tuple[str, ...]) -> None:
+    """Raise unless ``value`` is one of the accepted names (registry keys)."""
+    if not isinstance(value, str) or value not in accepted:
+        listed = ", ".join(repr(k) for k in accepted)
+        raise ValueError(f"{name} must be one of {listed}; got {value!r}")
+
+
+def _integer(name: str, value: Any, minimum: int) -> int:
+    """Return ``value`` as an int >= minimum, rejecting bools, floats and strings."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name} must be an int; got {value!r} of type {type(value).__name__}")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}; got {value!r}")
+    return int(value)
+
+
+def _real(name: str, value: Any) -> float:
+    """Return ``value`` as a finite float, rejecting bools and strings."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{name} must be a real number; got {value!r} of type {type(value).__name__}")
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be finite; got {value!r}")
+    return float(value)
+
+
+def _flag(name: str, value: Any) -> bool:
+    """Return ``value`` as a bool, rejecting anything that is not a bool."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be a bool; got {value!r} of type {type(value).__name__}")
+    return bool(value)
+
+
+def _trained_betas(value: Any, num_train_timesteps: int) -> tuple[float, ...]:
+    """Validate an explicit beta array and return it as a tuple of floats."""
+    try:
+        array = np.asarray(value.detach().cpu() if hasattr(value, "detach") else value, dtype=np.float64)
+    except (TypeError, ValueError) as err:
+        raise TypeError(f"trained_betas must be a 1-D array of floats; got {value!r}") from err
+    if array.ndim != 1:
+        raise ValueError(f"trained_betas must be 1-D; got shape {tuple(array.shape)}")
+    if array.shape[0] != num_train_timesteps:
+        raise ValueError(
+            f"trained_betas must have num_train_timesteps={num_train_timesteps} entries; got {array.shape[0]}"
+        )
+    bad = ~((array > 0) & (array <= 1))
+    if bad.any():
+        index = int(np.flatnonzero(bad)[0])
+        raise ValueError(f"trained_betas must lie in (0, 1]; got trained_betas[{index}] = {array[index]!r}")
+    return tuple(float(b) for b in array)
+
+
+@dataclass(frozen=True)
+class DDIMConfig:
+    """Configuration of a DDIM scheduler, validated on construction.
+
+    The first 15 fields are diffusers' ``DDIMScheduler`` arguments with the same defaults; the last
+    two are ddim_sched extensions whose defaults reproduce diffusers exactly.
+
+    Args:
+        num_train_timesteps: T, the number of diffusion steps the model was trained with.
+        beta_start: First β of the ``linear``/``scaled_linear`` schedules, in (0, 1).
+        beta_end: Last β of those schedules, in (0, 1) and >= beta_start.
+        beta_schedule: ``"linear"``, ``"scaled_linear"`` or ``"squaredcos_cap_v2"``.
+        trained_betas: Explicit β_t values (length T, each in (0, 1]); overrides beta_schedule.
+        clip_sample: Clamp x̂0 to [-clip_sample_range, clip_sample_range]. diffusers' default is
+            True, which is wrong for latent models: pass False for Stable Diffusion.
+        set_alpha_to_one: After the last step, use ᾱ = 1 (True) or ᾱ[0] (False).
+        steps_offset: Added to every ``leading`` timestep (Stable Diffusion uses 1).
+        prediction_type: What the model predicts: ``"epsilon"``, ``"sample"`` or ``"v_prediction"``.
+        thresholding: Imagen's dynamic thresholding of x̂0 (takes precedence over clip_sample).
+        dynamic_thresholding_ratio: Quantile of |x̂0| used as the threshold, in (0, 1].
+        clip_sample_range: Clamp bound for clip_sample, > 0.
+        sample_max_value: Upper bound of the dynamic threshold, > 0.
+        timestep_spacing: ``"leading"``, ``"trailing"`` or ``"linspace"`` (see ``ddim_sched.spacing``).
+        rescale_betas_zero_snr: Rescale β to zero terminal SNR (Lin et al. 2023, Algorithm 1).
+        prev_timestep_rule: ``"stride"`` (diffusers: t − T // S) or ``"schedule"`` (the next timestep
+            the schedule visits). ddim_sched extension.
+        snr_shift_scale: Divide the SNR by this factor (CogVideoX); 1.0 is off. ddim_sched extension.
+
+    Raises:
+        ValueError: A value out of range or an unknown option name (the message lists the options).
+        TypeError: A value of the wrong type.
+    """
+
+    num_train_timesteps: int = 1000
+    beta_start: float = 0.0001
+    beta_end: float = 0.02
+    beta_schedule: str = "linear"
+    trained_betas: tuple[float, ...] | None = None
+    clip_sample: bool = True
+    set_alpha_to_one: bool = True
+    steps_offset: int = 0
+    prediction_type: PredictionType = "epsilon"
+    thresholding: bool = False
+    dynamic_thresholding_ratio: float = 0.995
+    clip_sample_range: float = 1.0
+    sample_max_value: float = 1.0
+    timestep_spacing: str = "leading"
+    rescale_betas_zero_snr: bool = False
+    prev_timestep_rule: PrevTimestepRule = "stride"
+    snr_shift_scale: float = field(default=1.0)
+
+    def __post_init__(self) -> None:
+        def put(name: str, value: Any) -> None:
+            object.__setattr__(self, name, value)
+
+        put("num_train_timesteps", _integer("num_train_timesteps", self.num_train_timesteps, 1))
+        _choice("beta_schedule", self.beta_schedule, BETA_SCHEDULES)
+        put("beta_start", _real("beta_start", self.beta_start))
+        put("beta_end", _real("beta_end", self.beta_end))
+        if self.trained_betas is not None:
+            put("trained_betas", _trained_betas(self.trained_betas, self.num_train_timesteps))
+        elif self.beta_schedule in ("linear", "scaled_linear"):
+            for name in ("beta_start", "beta_end"):
+                value = getattr(self, name)
+                if not 0.0 < value < 1.0:
+                    raise ValueError(f"{name} must lie in (0, 1); got {value!r}")
+            if self.beta_start > self.beta_end:
+                raise ValueError(
+                    f"beta_start must not exceed beta_end; got beta_start={self.beta_start!r} > "
+                    f"beta_end={self.beta_end!r}"
+                )
+        for name in ("clip_sample", "set_alpha_to_one", "thresholding", "rescale_betas_zero_snr"):
+            put(name, _flag(name, getattr(self, name)))
+        put("steps_offset", _integer("steps_offset", self.steps_offset, 0))
+        _choice("prediction_type", self.prediction_type, PREDICTION_TYPES)
+        _choice("timestep_spacing", self.timestep_spacing, SPACINGS)
+        _choice("prev_timestep_rule", self.prev_timestep_rule, PREV_TIMESTEP_RULES)
+        ratio = _real("dynamic_thresholding_ratio", self.dynamic_thresholding_ratio)
+        if not 0.0 < ratio <= 1.0:
+            raise ValueError(f"dynamic_thresholding_ratio must lie in (0, 1]; got {ratio!r}")
+        put("dynamic_thresholding_ratio", ratio)
+        for name in ("clip_sample_range", "sample_max_value", "snr_shift_scale"):
+            value = _real(name, getattr(self, name))
+            if value <= 0:
+                raise ValueError(f"{name} must be > 0; got {value!r}")
+            put(name, value)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return all fields as a JSON-ready dict (trained_betas as a list)."""
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        if out["trained_betas"] is not None:
+            out["trained_betas"] = list(out["trained_betas"])
+        return out
+
+    def replace(self, **changes: Any) -> DDIMConfig:
+        """Return a copy with ``changes`` applied and validated."""
+        return dataclasses.replace(self, **changes)
+
+    @classmethod
+    def field_names(cls) -> tuple[str, ...]:
+        """Names of all configuration fields."""
+        return tuple(f.name for f in dataclasses.fields(cls))
+
+    @classmethod
+    def from_mapping(cls, mapping: Mapping[str, Any], **overrides: Any) -> DDIMConfig:
+        """Build a config from any diffusers-style mapping, ignoring keys that are not fields.
+
+        Keys starting with ``_`` (``_class_name``, ``_diffusers_version``, ...) are dropped silently;
+        other unknown keys (e.g. PNDM's ``skip_prk_steps``) are dropped with one logged warning that
+        names them.
+        """
+        if not isinstance(mapping, Mapping):
+            raise TypeError(f"config must be a mapping or DDIMConfig; got {type(mapping).__name__}")
+        known = set(cls.field_names())
+        merged = {**dict(mapping), **overrides}
+        unknown = sorted(k for k in merged if k not in known and not str(k).startswith("_"))
+        if unknown:
+            logger.warning(
+                "DDIMScheduler config: ignoring keys that are not DDIM options: %s", ", ".join(map(str, unknown))
+            )
+        return cls(**{k: v for k, v in merged.items() if k in known})
+
+
+class ConfigView(dict):
+    """Read-only dict of a config's fields with attribute access, like diffusers' ``FrozenDict``.
+
+    ``view.num_train_timesteps`` and ``view["num_train_timesteps"]`` both work, and diffusers'
+    own ``from_config`` accepts the view.
+    """
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(f"config has no field {name!r}") from None
+
+    def _readonly(self, *args: Any, **kwargs: Any) -> None:
+        raise TypeError("the scheduler config is frozen; build a new scheduler with from_config(config, **changes)")
+
+    __setitem__ = __delitem__ = __setattr__ = _readonly  # type: ignore[assignment]
+    clear = pop = popitem = setdefault = update = _readonly  # type: ignore[assignment]

@@ -1,4 +1,4 @@
-r"""The DDIM update as pure functions: per-sample coefficients, then one fused linear combination.
+r"""The DDIM update as pure functions: per-sample coefficients, then fused linear combinations.
 
 Notation (Song, Meng & Ermon 2020; diffusers' names in brackets):
 
@@ -13,20 +13,34 @@ x̂0       [pred_original_sample]  the predicted clean sample
 x_prev   [prev_sample]   √ᾱ_prev · x̂0 + √(1 − ᾱ_prev − σ²) · ε̂ + σ · z                 (eq. 12)
 ======================  =====================================================================
 
-Without clipping, x̂0 and x_prev are both linear in (x_t, m), so the step is two fused linear
+Without clipping, x̂0 and x_prev are both linear in (x_t, m), so the step is two linear
 combinations whose coefficients are computed once, in float64, for a whole batch (or a whole
 schedule) by :func:`ddim_coefficients`. :func:`ddim_step` then reads the two inputs and writes
-the two outputs. Dtype rule: the arithmetic runs in float64 for float64 samples and in float32
-otherwise (float16/bfloat16 included); outputs have the sample's dtype.
+the two outputs.
+
+Passes over memory. Coefficients come in two forms:
+
+* host scalars (a sequence of Python floats, used when the timestep is a Python int): each output
+  is one fused ``β·a + α·b`` kernel (``torch.addr`` against a one-element vector, the only eager
+  torch op that scales both operands), so an unclipped step reads x_t and m twice and writes each
+  output once; clipping adds one in-place pass over x̂0.
+* device tensors ([K] or per-sample [B, K], used for tensor timesteps, η tensors and explicit
+  successors): one multiply and one in-place ``addcmul_`` per output. No host sync: the
+  coefficients are never read on the host. Under ``torch.compile`` this path fuses into a single
+  kernel that reads x_t and m once and writes both outputs once.
+
+Dtype rule: the arithmetic runs in float64 for float64 samples and in float32 otherwise (float16
+and bfloat16 included, upcast inside the ops); outputs have the sample's dtype.
 """
 
 from __future__ import annotations
 
-from typing import Literal
+from collections.abc import Sequence
+from typing import Literal, Union
 
 import torch
 
-from .thresholding import dynamic_threshold
+from .thresholding import dynamic_threshold_
 
 # Columns of the coefficient tensor returned by ddim_coefficients.
 COEFFICIENTS = (
@@ -51,6 +65,8 @@ STRUCTURAL_ZEROS = {
 }
 
 ClipMode = Literal["none", "clip", "threshold"]
+# A coefficient: a Python float (host) or a tensor broadcastable over the sample.
+Coefficient = Union[float, torch.Tensor]
 
 
 def ddim_coefficients(
@@ -99,7 +115,7 @@ def ddim_coefficients(
         "x0_m": A_m,
         "prev_x": sqrt_a_prev * A_x + direction * E_x,
         "prev_m": sqrt_a_prev * A_m + direction * E_m,
-        "dir_x0": sqrt_a_prev.expand_as(a_t),
+        "dir_x0": sqrt_a_prev,
         "eps_x": direction * E_x,
         "eps_m": direction * E_m,
         # ε̂ = (x_t − √ᾱ_t·x̂0)/√(1−ᾱ_t) from the clipped x̂0.
@@ -107,28 +123,120 @@ def ddim_coefficients(
         "clip_x": direction / sqrt_b_t,
         "sigma": sigma * one,
     }
-    return torch.stack([torch.broadcast_to(columns[name], a_t.shape) for name in COEFFICIENTS], dim=-1)
+    shape = torch.broadcast_shapes(a_t.shape, sigma.shape)
+    return torch.stack([torch.broadcast_to(columns[name], shape) for name in COEFFICIENTS], dim=-1)
 
 
-def _column(coefficients: torch.Tensor, name: str, ndim: int) -> torch.Tensor:
-    """One coefficient column shaped [B or 1, 1, ..., 1] to broadcast over a [B, ...] tensor."""
-    column = coefficients[..., COLUMN[name]]
+def _column(coefficients: torch.Tensor, index: int, ndim: int) -> torch.Tensor:
+    """Column ``index`` shaped [B or 1, 1, ..., 1] to broadcast over a [B, ...] tensor."""
+    column = coefficients[..., index]
     return column.reshape(column.shape + (1,) * (ndim - column.dim()) if column.dim() else (1,) * ndim)
 
 
-def _combine(terms: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
-    """Σ cᵢ·tᵢ in the coefficients' dtype: one multiply, then fused multiply-adds in place."""
+# Constant tensors per (dtype, device), created once: torch.addr's one-element second vector, and
+# a 0-d zero, so that c·t can be written torch.add(zero, t, alpha=c), which passes c as a scalar
+# argument instead of wrapping it in a new tensor as torch.mul(t, c) does (~1 µs per op).
+_CONSTANTS: dict[tuple[str, torch.dtype, torch.device], torch.Tensor] = {}
+
+# Below this many elements a step is bound by per-op overhead, not memory traffic: host-scalar
+# combinations then use two cheaper ops (scale, add_) instead of torch.addr and its reshapes.
+FUSED_MIN_NUMEL = 1 << 15
+# Host-scalar coefficients need both inputs contiguous and of one of these dtypes; half inputs need
+# float32 arithmetic, which the tensor path's float32 coefficients give them.
+_FUSED_DTYPES = (torch.float32, torch.float64)
+
+
+def _constant(name: str, like: torch.Tensor) -> torch.Tensor:
+    """The cached ``"one"`` ([1]) or ``"zero"`` ([]) tensor of ``like``'s dtype and device."""
+    key = (name, like.dtype, like.device)
+    value = _CONSTANTS.get(key)
+    if value is None:
+        value = torch.ones(1, dtype=like.dtype, device=like.device) if name == "one" else torch.zeros((), dtype=like.dtype, device=like.device)
+        _CONSTANTS[key] = value
+    return value
+
+
+def _combine_host(c: Sequence[float], terms: Sequence[tuple[int, int]], sources: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Σ c[j]·sources[s] over (j, s) in ``terms``, for Python-float coefficients ``c``.
+
+    The first two tensors must be contiguous, of one float32/float64 dtype and shape. They take one
+    fused ``β·a + α·b`` pass (``torch.addr(a, b, [1], beta=β, alpha=α)``, the one eager op that
+    scales both operands); below FUSED_MIN_NUMEL elements, where dispatch overhead dominates, a
+    scale and an ``add_`` instead. Each further term: one in-place ``add_``.
+    """
+    (j0, s0), *rest = terms
+    t0 = sources[s0]
+    if rest and t0.numel() >= FUSED_MIN_NUMEL:
+        (j1, s1), *rest = rest
+        out = torch.empty_like(t0)
+        one = _constant("one", t0)
+        torch.addr(t0.view(-1, 1), sources[s1].view(-1), one, beta=c[j0], alpha=c[j1], out=out.view(-1, 1))
+    else:
+        out = torch.add(_constant("zero", t0), t0, alpha=c[j0])
+    for j, s in rest:
+        out.add_(sources[s], alpha=c[j])
+    return out
+
+
+def _combine(terms: Sequence[tuple[Coefficient, torch.Tensor]], dtype: torch.dtype | None = None) -> torch.Tensor:
+    """Σ cᵢ·tᵢ as a new tensor, computed in ``dtype`` (default: the promoted dtype of the terms).
+
+    Python-float coefficients take :func:`_combine_host` when the tensors allow it. Tensor
+    coefficients (broadcastable over the terms): a multiply, then ``addcmul_`` in place.
+    """
     (c0, t0), *rest = terms
+    if not isinstance(c0, torch.Tensor):
+        if (
+            all(not isinstance(c, torch.Tensor) for c, _ in terms)
+            and t0.dtype in (torch.float32, torch.float64)
+            and dtype in (None, t0.dtype)
+            and all(t.dtype == t0.dtype and t.shape == t0.shape and t.is_contiguous() for _, t in terms)
+        ):
+            return _combine_host([c for c, _ in terms], [(i, i) for i in range(len(terms))], [t for _, t in terms])
+        # As tensors of the compute dtype with one dimension per sample dimension, so half inputs
+        # are upcast (a 0-d tensor would not promote them).
+        compute = dtype or torch.promote_types(t0.dtype, torch.float32)
+        ones = (1,) * t0.dim()
+        terms = [(torch.tensor(c, dtype=compute, device=t0.device).reshape(ones), t) for c, t in terms]
+        (c0, t0), *rest = terms
     out = torch.mul(t0, c0)
     for c, t in rest:
         out.addcmul_(t, c)
     return out
 
 
+# Which coefficient multiplies which tensor: 0 = x_t, 1 = m, 2 = x̂0 (clipped), 3 = z.
+_X, _M, _X0, _Z = range(4)
+_PLANS: dict[tuple[str, bool, bool, bool], tuple[tuple[tuple[int, int], ...], tuple[tuple[int, int], ...]]] = {}
+
+
+def _plan(prediction_type: str, clipped: bool, use_clipped: bool, noisy: bool) -> tuple[tuple[tuple[int, int], ...], ...]:
+    """(x̂0 terms, x_prev terms) as (coefficient column, tensor) pairs, structural zeros dropped."""
+    key = (prediction_type, clipped, use_clipped, noisy)
+    plan = _PLANS.get(key)
+    if plan is None:
+        if prediction_type not in STRUCTURAL_ZEROS:
+            raise ValueError(f"prediction_type must be one of {', '.join(map(repr, STRUCTURAL_ZEROS))}; got {prediction_type!r}")
+        zeros = STRUCTURAL_ZEROS[prediction_type]
+        x0 = [("x0_x", _X), ("x0_m", _M)]
+        if not clipped:
+            prev = [("prev_x", _X), ("prev_m", _M)]
+        elif use_clipped:
+            prev = [("clip_x0", _X0), ("clip_x", _X)]
+        else:
+            prev = [("dir_x0", _X0), ("eps_x", _X), ("eps_m", _M)]
+        if noisy:
+            prev.append(("sigma", _Z))
+        plan = _PLANS[key] = tuple(
+            tuple((COLUMN[name], source) for name, source in terms if name not in zeros) for terms in (x0, prev)
+        )
+    return plan
+
+
 def ddim_step(
     model_output: torch.Tensor,
     sample: torch.Tensor,
-    coefficients: torch.Tensor,
+    coefficients: torch.Tensor | Sequence[float],
     prediction_type: str,
     clip: ClipMode = "none",
     clip_sample_range: float = 1.0,
@@ -142,8 +250,9 @@ def ddim_step(
     Args:
         model_output: m, [B, ...], any floating dtype.
         sample: x_t, same shape.
-        coefficients: [K] (one timestep for the batch) or [B, K] (one row per sample), from
-            :func:`ddim_coefficients`, already cast to the compute dtype and on the sample's device.
+        coefficients: one row of :func:`ddim_coefficients` for the whole batch, as a [K] tensor or
+            as a sequence of K Python floats (host scalars: the fused path), or [B, K] rows, one
+            per sample. Tensors must already be in the compute dtype and on the sample's device.
         prediction_type: What m is; selects which terms are structurally zero.
         clip: ``"none"``, ``"clip"`` (clamp x̂0 to ±clip_sample_range) or ``"threshold"`` (dynamic).
         clip_sample_range, dynamic_thresholding_ratio, sample_max_value: as in the config.
@@ -151,27 +260,38 @@ def ddim_step(
         noise: z, [B, ...], or None for a deterministic step (σ must then be 0 or ignored).
 
     Returns:
-        (x_prev, x̂0), both of the sample's dtype.
+        (x_prev, x̂0), both new tensors of the sample's dtype. Memory: besides the two outputs, a
+        step allocates O(B) coefficients only, unless the inputs are half precision (float32
+        intermediates, cast once at the end) or thresholding is on (an |x̂0| scratch tensor and
+        the top-k values for the quantile).
     """
-    ndim = sample.dim()
-    zeros = STRUCTURAL_ZEROS[prediction_type]
+    if clip not in ("none", "clip", "threshold"):
+        raise ValueError(f"clip must be one of 'none', 'clip', 'threshold'; got {clip!r}")
+    clipped = clip != "none"
+    x0_terms, prev_terms = _plan(prediction_type, clipped, use_clipped_model_output, noise is not None)
+    sources = [sample, model_output, None, noise]
+    host = not isinstance(coefficients, torch.Tensor)
+    if host and not (
+        sample.dtype in _FUSED_DTYPES
+        and model_output.dtype == sample.dtype
+        and sample.is_contiguous()
+        and model_output.is_contiguous()
+    ):
+        compute = torch.float64 if sample.dtype == torch.float64 else torch.float32
+        coefficients = torch.tensor(coefficients, dtype=compute, device=sample.device)
+        host = False
 
-    def terms(pairs: list[tuple[str, torch.Tensor]]) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        return [(_column(coefficients, name, ndim), t) for name, t in pairs if name not in zeros]
-
-    x0 = _combine(terms([("x0_x", sample), ("x0_m", model_output)]))
-    if clip == "none":
-        pairs = [("prev_x", sample), ("prev_m", model_output)]
+    if host:
+        x0 = _combine_host(coefficients, x0_terms, sources)
     else:
-        if clip == "clip":
-            x0.clamp_(-clip_sample_range, clip_sample_range)
-        else:
-            x0 = dynamic_threshold(x0, dynamic_thresholding_ratio, sample_max_value)
-        if use_clipped_model_output:
-            pairs = [("clip_x0", x0), ("clip_x", sample)]
-        else:
-            pairs = [("dir_x0", x0), ("eps_x", sample), ("eps_m", model_output)]
-    if noise is not None:
-        pairs.append(("sigma", noise))
-    prev = _combine(terms(pairs))
+        ndim = sample.dim()
+        x0 = _combine([(_column(coefficients, j, ndim), sources[s]) for j, s in x0_terms])
+    if clip == "clip":
+        x0.clamp_(-clip_sample_range, clip_sample_range)
+    elif clipped:
+        dynamic_threshold_(x0, dynamic_thresholding_ratio, sample_max_value)
+    sources[_X0] = x0
+    if host:
+        return _combine_host(coefficients, prev_terms, sources), x0
+    prev = _combine([(_column(coefficients, j, ndim), sources[s]) for j, s in prev_terms])
     return prev.to(sample.dtype), x0.to(sample.dtype)

@@ -51,6 +51,24 @@ def _is_compiling() -> bool:
     return bool(compiler is not None and hasattr(compiler, "is_compiling") and compiler.is_compiling())
 
 
+def _to_device(table: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Copy a CPU table to ``device``; to CUDA through pinned memory, without blocking the host."""
+    if device.type == "cuda":
+        return table.pin_memory().to(device, non_blocking=True)
+    return table.to(device)
+
+
+def _gather(table: torch.Tensor, index: int | torch.Tensor) -> torch.Tensor:
+    """Rows ``table[index]``: [...] for an int, [N, ...] for a 0-d or [N] index tensor.
+
+    Tensor indices go through ``index_select``: plain indexing with a 0-d tensor reads its value on
+    the host (a device sync, and a data-dependent graph break under torch.compile).
+    """
+    if isinstance(index, int):
+        return table[index]
+    return table.index_select(0, index.reshape(-1))
+
+
 def _check_floating(name: str, value: Any) -> None:
     if not isinstance(value, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor; got {type(value).__name__}")
@@ -370,8 +388,16 @@ class DDIMScheduler:
         return int(timestep)
 
     def _timestep_arg(self, timestep: Any, sample: torch.Tensor, name: str, allow_negative: bool = False) -> int | torch.Tensor:
-        """Validate a timestep argument: an int, or an integer tensor of shape [] / [1] / [B]."""
+        """Validate a timestep argument: an int, or an integer tensor of shape [] / [1] / [B].
+
+        Returns a Python int for ints and for one-element CPU tensors (whose value is read anyway
+        to range-check it: no device sync), else an int64 tensor on the sample's device. Values of
+        device tensors are not checked (that would sync), nor anything under ``torch.compile``.
+        Negative values (with ``allow_negative``) become −1.
+        """
         T = self._config.num_train_timesteps
+        if type(timestep) is int and 0 <= timestep < T:  # the common case, first
+            return timestep
         if isinstance(timestep, (int, np.integer)) and not isinstance(timestep, (bool, np.bool_)):
             if allow_negative:
                 if timestep >= T:
@@ -382,22 +408,28 @@ class DDIMScheduler:
             raise TypeError(f"{name} must be an int or an integer tensor; got {timestep!r}")
         if timestep.is_floating_point() or timestep.is_complex() or timestep.dtype == torch.bool:
             raise TypeError(f"{name} must be an integer tensor; got dtype {timestep.dtype}")
-        batch = sample.shape[0] if sample.dim() else 1
+        batch = sample.shape[0]
         if timestep.dim() > 1 or (timestep.dim() == 1 and timestep.shape[0] not in (1, batch)):
             raise ValueError(
                 f"{name} must be a 0-d tensor or have shape [{batch}] (one per batch element); "
                 f"got shape {tuple(timestep.shape)}"
             )
-        if timestep.device.type == "cpu" and not _is_compiling() and timestep.numel():
-            low, high = int(timestep.min()), int(timestep.max())
-            if high >= T or (low < 0 and not allow_negative):
-                bad = high if high >= T else low
-                raise ValueError(f"{name} must lie in [0, num_train_timesteps={T}); got {bad}")
+        if timestep.device.type == "cpu" and not _is_compiling():
+            if timestep.numel() == 1:
+                return self._timestep_arg(int(timestep.reshape(())), sample, name, allow_negative)
+            if timestep.numel():
+                low, high = int(timestep.min()), int(timestep.max())
+                if high >= T or (low < 0 and not allow_negative):
+                    bad = high if high >= T else low
+                    raise ValueError(f"{name} must lie in [0, num_train_timesteps={T}); got {bad}")
         timestep = timestep.to(device=sample.device, dtype=torch.int64, non_blocking=True)
         return timestep.clamp(min=-1) if allow_negative else timestep
 
     def _eta_arg(self, eta: Any, sample: torch.Tensor) -> float | torch.Tensor:
-        """Validate η: a float >= 0 or a floating tensor of shape [] / [B]."""
+        """Validate η: a float >= 0 or a floating tensor of shape [] / [1] / [B] (device tensors and
+        tensors under ``torch.compile`` are not range-checked: that would sync)."""
+        if type(eta) is float and 0.0 <= eta < math.inf:  # the common case, first
+            return eta
         if isinstance(eta, torch.Tensor):
             if not eta.is_floating_point():
                 raise TypeError(f"eta must be a float or a floating-point tensor; got dtype {eta.dtype}")
@@ -406,12 +438,25 @@ class DDIMScheduler:
                 raise ValueError(f"eta must be a float, a 0-d tensor or have shape [{batch}]; got shape {tuple(eta.shape)}")
             if eta.device.type == "cpu" and not _is_compiling() and bool((eta < 0).any() | ~eta.isfinite().all()):
                 raise ValueError(f"eta must be finite and >= 0; got {eta}")
-            return eta.to(sample.device)
+            return eta.to(sample.device, non_blocking=True)
         if isinstance(eta, (bool, np.bool_)) or not isinstance(eta, (int, float, np.integer, np.floating)):
             raise TypeError(f"eta must be a float; got {eta!r}")
         if not (math.isfinite(eta) and eta >= 0):
             raise ValueError(f"eta must be finite and >= 0; got {eta!r}")
         return float(eta)
+
+    # Step tables. Everything is computed once in float64 on the CPU and cached in _device_tables:
+    # ("alpha_bar", device) and ("alpha_bar", "host") depend on the config only and survive
+    # set_timesteps; ("prev_of", device), ("coefficients", device, dtype, η) and ("host", η) depend
+    # on the schedule and are dropped by set_timesteps. At most _TABLE_CACHE_SIZE coefficient
+    # tables are kept (oldest evicted first).
+
+    def _cache_table(self, key: tuple[Any, ...], table: Any) -> Any:
+        coefficient_keys = [k for k in self._device_tables if k[0] in ("coefficients", "host")]
+        if key[0] in ("coefficients", "host") and len(coefficient_keys) >= _TABLE_CACHE_SIZE:
+            del self._device_tables[coefficient_keys[0]]
+        self._device_tables[key] = table
+        return table
 
     def _alpha_bar_on(self, device: torch.device) -> torch.Tensor:
         """The float64 ᾱ table with the final value at index 0, cached on ``device``."""
@@ -419,28 +464,43 @@ class DDIMScheduler:
         table = self._device_tables.get(key)
         if table is None:
             dtype = torch.float32 if device.type == "mps" else torch.float64
-            table = self._device_tables[key] = self._alpha_bar_ext.to(device=device, dtype=dtype)
+            table = self._cache_table(key, _to_device(self._alpha_bar_ext.to(dtype), device))
         return table
 
+    def _alpha_bar_host(self) -> list[float]:
+        """ᾱ_t for t = 0..T−1 as Python floats (for host-side checks of int timesteps)."""
+        table = self._device_tables.get(("alpha_bar", "host"))
+        if table is None:
+            table = self._cache_table(("alpha_bar", "host"), self._alpha_bar.tolist())
+        return table
+
+    def _coefficients_cpu(self, eta: float) -> torch.Tensor:
+        """[T, K] float64 step coefficients for every timestep under the schedule's successor rule."""
+        prev_of = torch.from_numpy(self._prev_of)
+        alpha_bar_prev = self._alpha_bar_ext[prev_of + 1]
+        return kernel.ddim_coefficients(self._alpha_bar, alpha_bar_prev, eta, self._config.prediction_type)
+
     def _coefficient_table(self, eta: float, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-        """[T, K] step coefficients for every timestep under the current schedule's rule, cached."""
+        """[T, K] step coefficients in ``dtype`` on ``device``, cached."""
         key = ("coefficients", str(device), dtype, eta)
         table = self._device_tables.get(key)
         if table is None:
-            prev_of = torch.from_numpy(self._prev_of)
-            alpha_bar_prev = self._alpha_bar_ext[prev_of + 1]
-            coefficients = kernel.ddim_coefficients(self._alpha_bar, alpha_bar_prev, eta, self._config.prediction_type)
-            if len(self._device_tables) >= _TABLE_CACHE_SIZE:
-                oldest = next(k for k in self._device_tables if k[0] == "coefficients")
-                del self._device_tables[oldest]
-            table = self._device_tables[key] = coefficients.to(dtype=dtype).to(device)
+            table = self._cache_table(key, _to_device(self._coefficients_cpu(eta).to(dtype), device))
+        return table
+
+    def _host_coefficients(self, eta: float) -> list[list[float]]:
+        """The [T, K] float64 coefficient table as Python floats, for Python-int timesteps, cached."""
+        key = ("host", eta)
+        table = self._device_tables.get(key)
+        if table is None:
+            table = self._cache_table(key, self._coefficients_cpu(eta).tolist())
         return table
 
     def _prev_table_on(self, device: torch.device) -> torch.Tensor:
         key = ("prev_of", str(device))
         table = self._device_tables.get(key)
         if table is None:
-            table = self._device_tables[key] = torch.from_numpy(self._prev_of).to(device)
+            table = self._cache_table(key, _to_device(torch.from_numpy(self._prev_of), device))
         return table
 
     def step(
@@ -457,11 +517,14 @@ class DDIMScheduler:
     ) -> DDIMSchedulerOutput | tuple[torch.Tensor, torch.Tensor]:
         """Step from ``timestep`` to the previous (less noisy) timestep: DDIM eq. 12.
 
+        Every batch element is stepped exactly as if it were stepped alone, so one call can advance
+        requests that are at different timesteps with different η (continuous batching).
+
         Args:
             model_output: The model's output m at x_t, [B, ...]: ε, x0 or v (``prediction_type``).
             timestep: t, a Python int, a 0-d integer tensor, or a [B] integer tensor (one timestep
-                per batch element, each stepped as if alone). Tensors may live on the sample's
-                device; only CPU tensors are range-checked (checking a device tensor would sync).
+                per batch element). Tensors may live on the sample's device; only CPU tensors are
+                range-checked (checking a device tensor would sync), and nothing under torch.compile.
             sample: x_t, [B, ...], same shape as model_output.
             eta: η >= 0 (0 = DDIM, 1 = DDPM's σ), a float or a [B] tensor.
             use_clipped_model_output: Re-derive ε̂ from the clipped/thresholded x̂0.
@@ -469,11 +532,17 @@ class DDIMScheduler:
                 draws exactly what diffusers' randn_tensor draws.
             variance_noise: The noise z itself, [B, ...] (e.g. CycleDiffusion); not with generator.
             return_dict: Return a :class:`DDIMSchedulerOutput` (True) or a tuple.
-            prev_timestep: The timestep to land on, overriding the config's rule: an int or a [B]
-                tensor; negative means past the last step (ᾱ = final_alpha_cumprod).
+            prev_timestep: The timestep to land on, overriding the config's ``prev_timestep_rule``:
+                an int or a [B] tensor; negative means past the last step (ᾱ = final_alpha_cumprod).
 
         Returns:
-            (x_prev, x̂0) in the sample's dtype, as DDIMSchedulerOutput or tuple.
+            (x_prev, x̂0), new tensors of the sample's dtype (computed in float32 for half
+            precision, float64 for float64), as DDIMSchedulerOutput or tuple.
+
+        Sync-free: with tensor timesteps on the sample's device, the step gathers its coefficients
+        from tables cached on that device (built by the first step there) and never reads a value
+        on the host, so it runs under ``torch.cuda.set_sync_debug_mode("error")``, in CUDA graphs
+        and under ``torch.compile(fullgraph=True)``.
 
         Raises:
             ValueError: set_timesteps not called; shapes differ; timestep or prev_timestep out of
@@ -497,39 +566,45 @@ class DDIMScheduler:
         t = self._timestep_arg(timestep, sample, "timestep")
         eta = self._eta_arg(eta, sample)
         device, dtype = sample.device, _compute_dtype(sample.dtype)
-        if isinstance(t, int) and config.prediction_type == "epsilon" and self._alpha_bar[t] == 0:
+        if isinstance(t, int) and config.prediction_type == "epsilon" and self._alpha_bar_host()[t] == 0:
             raise ValueError(
                 f"timestep {t} has alpha_bar = 0 (zero terminal SNR): x0 is undefined for prediction_type "
                 "'epsilon'; use 'v_prediction'"
             )
 
+        coefficients: torch.Tensor | list[float]
         if prev_timestep is None and not isinstance(eta, torch.Tensor):
-            coefficients = self._coefficient_table(eta, device, dtype)[t]
+            if (
+                isinstance(t, int)
+                and model_output.dtype == sample.dtype == dtype
+                and sample.is_contiguous()
+                and model_output.is_contiguous()
+                and not _is_compiling()
+            ):
+                # Host scalars: the kernel's fused one-pass-per-output path.
+                coefficients = self._host_coefficients(eta)[t]
+            else:
+                coefficients = _gather(self._coefficient_table(eta, device, dtype), t)
         else:
             alpha_bar = self._alpha_bar_on(device)
             if prev_timestep is None:
-                prev = self._prev_table_on(device)[t]
+                prev = _gather(self._prev_table_on(device), t)
             else:
                 prev = self._timestep_arg(prev_timestep, sample, "prev_timestep", allow_negative=True)
-            t_index = t + 1
-            prev_index = prev + 1
-            if not isinstance(t_index, torch.Tensor):
-                t_index = torch.tensor(t_index, device=device)
-            if not isinstance(prev_index, torch.Tensor):
-                prev_index = torch.tensor(prev_index, device=device)
-            a_t, a_prev = torch.broadcast_tensors(alpha_bar[t_index], alpha_bar[prev_index])
+            a_t, a_prev = torch.broadcast_tensors(_gather(alpha_bar, t + 1), _gather(alpha_bar, prev + 1))
             coefficients = kernel.ddim_coefficients(a_t, a_prev, eta, config.prediction_type).to(dtype)
 
         noise = None
+        stochastic = isinstance(eta, torch.Tensor) or eta > 0
         if variance_noise is not None:
             _check_floating("variance_noise", variance_noise)
             if variance_noise.shape != sample.shape:
                 raise ValueError(
                     f"variance_noise must have the sample's shape {tuple(sample.shape)}; got {tuple(variance_noise.shape)}"
                 )
-            if isinstance(eta, torch.Tensor) or eta > 0:
+            if stochastic:
                 noise = variance_noise.to(device)
-        elif isinstance(eta, torch.Tensor) or eta > 0:
+        elif stochastic:
             noise = randn(model_output.shape, generator, model_output.device, model_output.dtype)
 
         if config.thresholding:

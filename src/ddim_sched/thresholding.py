@@ -6,49 +6,78 @@ import numpy as np
 import torch
 
 
+def _ranks(n: int, q: float, dtype: torch.dtype) -> tuple[int, int, float]:
+    """(below, above, weight): the 0-based ascending order statistics around rank q·(n−1) and the
+    interpolation weight, computed in the values' precision as ``torch.quantile`` does, so results
+    agree bit for bit; beyond 2**24 elements (where torch.quantile refuses and float32 can no longer
+    hold every rank) in float64."""
+    exact = dtype == torch.float64 or n - 1 > 2**24
+    np_dtype = np.float64 if exact else np.float32
+    rank = np_dtype(q) * np_dtype(n - 1)
+    below = min(int(rank), n - 1)
+    above = min(below + 1, n - 1)
+    return below, above, float(rank - np_dtype(below))
+
+
 def row_quantile(values: torch.Tensor, q: float) -> torch.Tensor:
     """Per-row ``q``-quantile of a 2-D tensor, equal to ``torch.quantile(values, q, dim=1)``.
 
-    Uses linear interpolation between the two order statistics around rank q·(n−1), found with one
-    ``topk`` over the smaller tail instead of a full sort, so it is fast for q near 0 or 1 and has
-    no size limit (``torch.quantile`` refuses more than 2**24 elements).
+    Linear interpolation between the two order statistics around rank q·(n−1), found with one
+    ``topk`` over the smaller tail instead of the full sort ``torch.quantile`` does: O(n) instead of
+    O(n log n), and no size limit (``torch.quantile`` refuses more than 2**24 elements). No host
+    sync: the ranks depend on the shape only. NaN is not supported (torch.quantile returns NaN for
+    a row holding one; here the result is unspecified).
 
     Args:
-        values: [B, n] floating tensor.
+        values: [B, n] floating tensor, n >= 1.
         q: Quantile in [0, 1].
 
     Returns:
         [B] tensor of ``values.dtype``.
     """
     n = values.shape[1]
-    # torch.quantile computes the rank in the input's precision; do the same so results agree exactly.
-    np_dtype = np.float64 if values.dtype == torch.float64 else np.float32
-    rank = np_dtype(q) * np_dtype(n - 1)
-    below = int(rank)  # 0-based ascending index of the lower order statistic
-    above = min(below + 1, n - 1)
-    weight = float(rank - np_dtype(below))
-    if n - below <= below + 2:  # the upper tail is the smaller one: take the largest n - below values
+    below, above, weight = _ranks(n, q, values.dtype)
+    if n - below <= above + 1:  # the upper tail is the smaller one: the largest n − below values
         top = torch.topk(values, n - below, dim=1, largest=True, sorted=True).values
-        low, high = top[:, -1], top[:, max(n - 1 - above, 0)]
-    else:  # take the smallest above + 1 values
+        low, high = top[:, -1], top[:, n - 1 - above]
+    else:  # the smallest above + 1 values
         bottom = torch.topk(values, above + 1, dim=1, largest=False, sorted=True).values
         low, high = bottom[:, below], bottom[:, above]
     return torch.lerp(low, high, weight)
 
 
-def dynamic_threshold(x0: torch.Tensor, ratio: float, max_value: float) -> torch.Tensor:
-    """Imagen dynamic thresholding: per sample s = clamp(quantile(|x̂0|, ratio), 1, max_value),
-    then x̂0 ← clamp(x̂0, −s, s) / s.
+def threshold_scale(x0: torch.Tensor, ratio: float, max_value: float) -> torch.Tensor | float:
+    """Imagen's per-sample threshold s = clamp(quantile(|x̂0|, ratio), 1, max_value).
+
+    Returns a Python float when it does not depend on the data (max_value <= 1 makes s = max_value,
+    as ``torch.clamp`` does when min > max), else a [B, 1, ..., 1] tensor of x0's dtype.
+    """
+    if max_value <= 1.0:
+        return float(max_value)
+    batch = x0.shape[0]
+    s = row_quantile(x0.reshape(batch, -1).abs(), ratio).clamp_(min=1.0, max=max_value)
+    return s.reshape((batch,) + (1,) * (x0.dim() - 1))
+
+
+def dynamic_threshold_(x0: torch.Tensor, ratio: float, max_value: float) -> torch.Tensor:
+    """Imagen dynamic thresholding in place: x̂0 ← clamp(x̂0, −s, s) / s, s = :func:`threshold_scale`.
 
     Args:
-        x0: [B, ...] predicted original sample in float32 or float64 (callers upcast half inputs).
+        x0: [B, ...] predicted original sample in float32 or float64 (callers upcast half inputs);
+            overwritten.
         ratio: dynamic_thresholding_ratio.
         max_value: sample_max_value.
 
     Returns:
-        A new tensor of x0's shape and dtype.
+        ``x0``.
     """
-    batch = x0.shape[0]
-    flat = x0.reshape(batch, -1)
-    s = row_quantile(flat.abs(), ratio).clamp(min=1.0, max=max_value).unsqueeze(1)
-    return (torch.clamp(flat, -s, s) / s).reshape(x0.shape)
+    s = threshold_scale(x0, ratio, max_value)
+    if isinstance(s, float):
+        x0.clamp_(-s, s)
+        return x0 if s == 1.0 else x0.div_(s)
+    return x0.clamp_(min=-s, max=s).div_(s)
+
+
+def dynamic_threshold(x0: torch.Tensor, ratio: float, max_value: float) -> torch.Tensor:
+    """Out-of-place :func:`dynamic_threshold_`: a new tensor of x0's shape and dtype."""
+    return dynamic_threshold_(x0.clone(), ratio, max_value)

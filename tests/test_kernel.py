@@ -132,15 +132,38 @@ def _all_paths(m, x, a_t, a_prev, eta, prediction_type, clip, use_clipped, noise
 
 
 CASES = list(itertools.product(PREDICTION_TYPES, CLIPS, (False, True), (0.0, 0.8)))
+SHAPE = (2, 3, 10, 10)
+
+
+@pytest.fixture(params=["small", "fused", "blocked"])
+def host_path(request, monkeypatch):
+    """Which host-scalar path SHAPE takes: two ops per output ("small"), torch.addr ("fused"), or
+    torch.addr block by block ("blocked", 250-element float32 blocks: 3 blocks, the last partial)."""
+    if request.param != "small":
+        monkeypatch.setattr(kernel, "FUSED_MIN_NUMEL", 0)
+    if request.param == "blocked":
+        monkeypatch.setattr(kernel, "BLOCK_BYTES", 1000)
+    calls = {"addr": 0, "blocked": 0}
+    addr, blocked = torch.addr, kernel._host_step_blocked
+
+    def count_addr(*args, **kwargs):
+        calls["addr"] += 1
+        return addr(*args, **kwargs)
+
+    def count_blocked(*args, **kwargs):
+        calls["blocked"] += 1
+        return blocked(*args, **kwargs)
+
+    monkeypatch.setattr(torch, "addr", count_addr)
+    monkeypatch.setattr(kernel, "_host_step_blocked", count_blocked)
+    return request.param, calls
 
 
 @pytest.mark.parametrize("prediction_type,clip,use_clipped,eta", CASES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-@pytest.mark.parametrize("shape", [(2, 3, 8, 8), (2, 4, 72, 72)], ids=["small", "fused"])
-def test_every_path_matches_eq_12(prediction_type, clip, use_clipped, eta, dtype, shape):
-    # "fused" has more than FUSED_MIN_NUMEL elements: torch.addr on the host path.
-    assert (shape[0] * shape[1] * shape[2] * shape[3] >= kernel.FUSED_MIN_NUMEL) == (shape[2] == 72)
-    x, m, z = _inputs(shape, dtype)
+def test_every_path_matches_eq_12(prediction_type, clip, use_clipped, eta, dtype, host_path):
+    path_name, calls = host_path
+    x, m, z = _inputs(SHAPE, dtype)
     a_t, a_prev = 0.3, 0.7
     noise = z if eta > 0 else None
     prev_ref, x0_ref = reference_step(m, x, a_t, a_prev, eta, prediction_type, clip, use_clipped, noise)
@@ -148,6 +171,23 @@ def test_every_path_matches_eq_12(prediction_type, clip, use_clipped, eta, dtype
         assert prev.dtype == x0.dtype == dtype, path
         assert rel_l2(x0, x0_ref) <= EXACT_RTOL[dtype], (path, rel_l2(x0, x0_ref))
         assert rel_l2(prev, prev_ref) <= EXACT_RTOL[dtype], (path, rel_l2(prev, prev_ref))
+    assert bool(calls["addr"]) == (path_name != "small")
+    assert bool(calls["blocked"]) == (path_name == "blocked" and clip != "threshold")  # threshold: not blockwise
+
+
+@pytest.mark.parametrize("clip,eta", [("none", 0.0), ("clip", 1.0)])
+@pytest.mark.parametrize("shape", [(2, 4, 72, 72), (5, 4, 120, 120)], ids=["fused", "blocked"])
+def test_host_path_at_real_sizes(clip, eta, shape):
+    # The same at sizes where the default constants pick torch.addr and blocks.
+    numel = shape[0] * shape[1] * shape[2] * shape[3]
+    assert numel >= kernel.FUSED_MIN_NUMEL
+    assert (numel * 4 >= 2 * kernel.BLOCK_BYTES) == (shape[2] == 120)
+    x, m, z = _inputs(shape, torch.float32)
+    noise = z if eta > 0 else None
+    prev_ref, x0_ref = reference_step(m, x, 0.2, 0.5, eta, "epsilon", clip, False, noise)
+    prev, x0 = _all_paths(m, x, 0.2, 0.5, eta, "epsilon", clip, False, noise)["host"]
+    assert rel_l2(x0, x0_ref) <= EXACT_RTOL[torch.float32]
+    assert rel_l2(prev, prev_ref) <= EXACT_RTOL[torch.float32]
 
 
 @pytest.mark.parametrize("layout", ["channels_last", "transposed", "mixed_dtype"])

@@ -1,0 +1,154 @@
+"""CPU benchmark: diffusers' DDIMScheduler.step against ddim_sched's, same inputs, same process.
+
+Run from the repository root:
+
+    PYTHONPATH=src python benchmarks/cpu.py            # full table (a few minutes on 2 cores)
+    PYTHONPATH=src python benchmarks/cpu.py --quick    # fewer rounds, fp32 only
+    PYTHONPATH=src python benchmarks/cpu.py --compile  # add the opt-in torch.compile row
+
+Prints a Markdown table: per case the best-round time per call of each, the ratio ddim_sched /
+diffusers, the ratio to the memory "floor" (one fused read-2-write-1 op over the same tensors,
+torch.add(x, m, out=buf), scaled to the 4 passes a step needs: × 4/3), and the largest relative L2
+difference between the two libraries' outputs; then the four targets of issue 3, met or missed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import LARGE, SMALL, Timer, fmt_us, inputs, machine, schedulers  # noqa: E402
+
+
+def rel_l2(a: torch.Tensor, b: torch.Tensor) -> float:
+    a, b = a.double(), b.double()
+    return float((a - b).norm() / b.norm().clamp(min=1e-30))
+
+
+def floor(shape, dtype, timer: Timer) -> float:
+    """Time of one fused read-2-write-1 pass over the tensors, × 4/3 (a step's 4 passes)."""
+    x, m, _ = inputs(shape, dtype)
+    buf = torch.empty_like(x)
+    timer.run({"floor": lambda: torch.add(x, m, out=buf)})
+    return timer.best("floor") * 4 / 3
+
+
+def step_case(shape, dtype, eta, clip, rounds):
+    """(diffusers seconds, ddim_sched seconds, max relative L2 difference) for one step."""
+    theirs, ours = schedulers(clip)
+    t = int(theirs.timesteps[25])
+    x, m, z = inputs(shape, dtype)
+    noise = z if eta > 0 else None
+    expected = theirs.step(m, t, x, eta=eta, variance_noise=noise)
+    got = ours.step(m, t, x, eta=eta, variance_noise=noise)
+    diff = max(
+        rel_l2(got.prev_sample, expected.prev_sample), rel_l2(got.pred_original_sample, expected.pred_original_sample)
+    )
+    timer = Timer(rounds=rounds)
+    timer.run(
+        {
+            "diffusers": lambda: theirs.step(m, t, x, eta=eta, variance_noise=noise),
+            "ddim_sched": lambda: ours.step(m, t, x, eta=eta, variance_noise=noise),
+        }
+    )
+    return timer.best("diffusers"), timer.best("ddim_sched"), diff
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="fewer rounds, float32 only")
+    parser.add_argument("--compile", action="store_true", help="also time torch.compile(step) on the large latents")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    rounds = 3 if args.quick else 7
+    dtypes = [torch.float32] if args.quick else [torch.float32, torch.bfloat16]
+
+    print(f"Machine: {machine()}\n")
+    floors = {(s, d): floor(s, d, Timer(rounds=rounds)) for s in (SMALL, LARGE) for d in dtypes}
+    results = {}
+    print("| latents | dtype | η | clip | diffusers µs | ddim_sched µs | ddim_sched / diffusers | / floor | max rel. L2 diff |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for shape in (SMALL, LARGE):
+        for dtype in dtypes:
+            for eta in (0.0, 1.0):
+                for clip in ("off", "clip", "threshold"):
+                    theirs, ours, diff = step_case(shape, dtype, eta, clip, rounds)
+                    results[(shape, dtype, eta, clip)] = (theirs, ours, diff)
+                    name = "×".join(map(str, shape))
+                    print(
+                        f"| {name} | {str(dtype)[6:]} | {eta:g} | {clip} | {fmt_us(theirs)} | {fmt_us(ours)} | "
+                        f"{ours / theirs:.3f} | {ours / floors[(shape, dtype)]:.2f} | {diff:.1e} |",
+                        flush=True,
+                    )
+
+    # add_noise (per-sample timesteps), float32.
+    print("\n| add_noise latents | diffusers µs | ddim_sched µs | ratio | / floor (3 passes: × 1) |")
+    print("|---|---|---|---|---|")
+    for shape in (SMALL, LARGE):
+        theirs, ours = schedulers("off")
+        x, _, z = inputs(shape, torch.float32)
+        t = theirs.timesteps[torch.arange(shape[0]) % len(theirs.timesteps)]
+        timer = Timer(rounds=rounds)
+        timer.run({"diffusers": lambda: theirs.add_noise(x, z, t), "ddim_sched": lambda: ours.add_noise(x, z, t)})
+        a, b = timer.best("diffusers"), timer.best("ddim_sched")
+        print(f"| {'×'.join(map(str, shape))} | {fmt_us(a)} | {fmt_us(b)} | {b / a:.3f} | {b / (floors[(shape, torch.float32)] * 3 / 4):.2f} |")
+
+    # Per-sample timesteps: 16 samples at 16 different timesteps in one call vs one scalar call.
+    _, ours = schedulers("off")
+    x, m, _ = inputs(LARGE, torch.float32)
+    t16 = ours.timesteps[torch.arange(16) * 3]
+    t_scalar = int(ours.timesteps[25])
+    timer = Timer(rounds=rounds)
+    timer.run({"per_sample": lambda: ours.step(m, t16, x), "scalar": lambda: ours.step(m, t_scalar, x)})
+    per_sample, scalar = timer.best("per_sample"), timer.best("scalar")
+    print(
+        f"\nPer-sample timesteps, {'×'.join(map(str, LARGE))} fp32: 16 timesteps in one call {fmt_us(per_sample)} µs, "
+        f"one scalar timestep {fmt_us(scalar)} µs, ratio {per_sample / scalar:.2f}"
+    )
+
+    if args.compile:
+        _, ours = schedulers("off")
+        step = torch.compile(ours.step, fullgraph=True)
+        t = ours.timesteps[25]
+        for _ in range(3):  # compile, and the one recompile when the step counter changes
+            step(m, t, x)
+        timer = Timer(rounds=rounds)
+        timer.run({"compiled": lambda: step(m, t, x), "eager": lambda: ours.step(m, t, x)})
+        fl = floors[(LARGE, torch.float32)]
+        print(
+            f"\ntorch.compile(step), {'×'.join(map(str, LARGE))} fp32 η=0: {fmt_us(timer.best('compiled'))} µs "
+            f"({timer.best('compiled') / fl:.2f}× floor); eager in the same rounds {fmt_us(timer.best('eager'))} µs "
+            f"({timer.best('eager') / fl:.2f}× floor)"
+        )
+
+    # The targets of issue 3.
+    f32 = torch.float32
+    small = results[(SMALL, f32, 0.0, "off")]
+    large = results[(LARGE, f32, 0.0, "off")]
+    thresh = results[(LARGE, f32, 0.0, "threshold")]
+    fl = floors[(LARGE, f32)]
+    checks = [
+        ("small fp32 η=0: ddim_sched <= 1/4 of diffusers", small[1] / small[0], small[1] / small[0] <= 0.25),
+        ("large fp32 η=0: <= 1.5 × floor", large[1] / fl, large[1] / fl <= 1.5),
+        ("large fp32 η=0: <= 1/3 of diffusers", large[1] / large[0], large[1] / large[0] <= 1 / 3),
+        (
+            "thresholding 16×4×128×128: >= 3× faster, equal results",
+            thresh[0] / thresh[1],
+            thresh[0] / thresh[1] >= 3 and thresh[2] <= 1e-4,
+        ),
+        ("per-sample batch of 16 <= 2 × one scalar call", per_sample / scalar, per_sample / scalar <= 2),
+    ]
+    print("\n| target | measured | met |\n|---|---|---|")
+    for name, value, ok in checks:
+        print(f"| {name} | {value:.3f} | {'yes' if ok else 'NO'} |")
+
+
+if __name__ == "__main__":
+    main()

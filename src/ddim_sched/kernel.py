@@ -211,18 +211,26 @@ def _host_step_blocked(
     return prev, x0
 
 
-def _combine(terms: Sequence[tuple[Coefficient, torch.Tensor]], dtype: torch.dtype | None = None) -> torch.Tensor:
-    """Σ cᵢ·tᵢ as a new tensor, computed in ``dtype`` (default: the promoted dtype of the terms).
+def _combine(
+    terms: Sequence[tuple[Coefficient, torch.Tensor]],
+    dtype: torch.dtype | None = None,
+    out_dtype: torch.dtype | None = None,
+) -> torch.Tensor:
+    """Σ cᵢ·tᵢ as a new tensor, computed in ``dtype`` (default: the promoted dtype of the terms)
+    and returned in ``out_dtype`` (default: the compute dtype).
 
     Python-float coefficients take :func:`_combine_host` when the tensors allow it. Tensor
-    coefficients (broadcastable over the terms): a multiply, then ``addcmul_`` in place.
+    coefficients (broadcastable over the terms): a multiply, then ``addcmul_`` in place; the last
+    operation writes ``out_dtype`` directly (half outputs: float32 arithmetic, one rounding, no
+    float32 copy of the result).
     """
     (c0, t0), *rest = terms
     if not isinstance(c0, torch.Tensor):
         if (
             all(not isinstance(c, torch.Tensor) for c, _ in terms)
-            and t0.dtype in (torch.float32, torch.float64)
+            and t0.dtype in _FUSED_DTYPES
             and dtype in (None, t0.dtype)
+            and out_dtype in (None, t0.dtype)
             and all(t.dtype == t0.dtype and t.shape == t0.shape and t.is_contiguous() for _, t in terms)
         ):
             return _combine_host([c for c, _ in terms], [(i, i) for i in range(len(terms))], [t for _, t in terms])
@@ -232,10 +240,18 @@ def _combine(terms: Sequence[tuple[Coefficient, torch.Tensor]], dtype: torch.dty
         ones = (1,) * t0.dim()
         terms = [(torch.tensor(c, dtype=compute, device=t0.device).reshape(ones), t) for c, t in terms]
         (c0, t0), *rest = terms
-    out = torch.mul(t0, c0)
-    for c, t in rest:
-        out.addcmul_(t, c)
-    return out
+    if not rest:
+        out = torch.mul(t0, c0)
+        return out if out_dtype in (None, out.dtype) else out.to(out_dtype)
+    *middle, (c_last, t_last) = rest
+    partial = torch.mul(t0, c0)
+    for c, t in middle:
+        partial.addcmul_(t, c)
+    if out_dtype in (None, partial.dtype):
+        return partial.addcmul_(t_last, c_last)
+    shape = torch.broadcast_shapes(partial.shape, t_last.shape)
+    out = torch.empty(shape, dtype=out_dtype, device=partial.device)
+    return torch.addcmul(partial, t_last, c_last, out=out)
 
 
 # Which coefficient multiplies which tensor: 0 = x_t, 1 = m, 2 = x̂0 (clipped), 3 = z.
@@ -327,7 +343,10 @@ def ddim_step(
         x0 = _combine_host(coefficients, x0_terms, sources)
     else:
         ndim = sample.dim()
-        x0 = _combine([(_column(coefficients, j, ndim), sources[s]) for j, s in x0_terms])
+        # Clipping needs x̂0 in the compute dtype; otherwise it is written in the output dtype.
+        x0 = _combine(
+            [(_column(coefficients, j, ndim), sources[s]) for j, s in x0_terms], out_dtype=None if clipped else sample.dtype
+        )
     if clip == "clip":
         x0.clamp_(-clip_sample_range, clip_sample_range)
     elif clipped:
@@ -335,5 +354,5 @@ def ddim_step(
     sources[_X0] = x0
     if host:
         return _combine_host(coefficients, prev_terms, sources), x0
-    prev = _combine([(_column(coefficients, j, ndim), sources[s]) for j, s in prev_terms])
-    return prev.to(sample.dtype), x0.to(sample.dtype)
+    prev = _combine([(_column(coefficients, j, ndim), sources[s]) for j, s in prev_terms], out_dtype=sample.dtype)
+    return prev, x0.to(sample.dtype)

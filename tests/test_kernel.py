@@ -135,27 +135,20 @@ CASES = list(itertools.product(PREDICTION_TYPES, CLIPS, (False, True), (0.0, 0.8
 SHAPE = (2, 3, 10, 10)
 
 
-@pytest.fixture(params=["small", "fused", "blocked"])
+@pytest.fixture(params=["small", "fused"])
 def host_path(request, monkeypatch):
-    """Which host-scalar path SHAPE takes: two ops per output ("small"), torch.addr ("fused"), or
-    torch.addr block by block ("blocked", 250-element float32 blocks: 3 blocks, the last partial)."""
-    if request.param != "small":
+    """Which host-scalar path SHAPE takes: two ops per output ("small") or torch.addr ("fused"),
+    and a count of the torch.addr calls."""
+    if request.param == "fused":
         monkeypatch.setattr(kernel, "FUSED_MIN_NUMEL", 0)
-    if request.param == "blocked":
-        monkeypatch.setattr(kernel, "BLOCK_BYTES", 1000)
-    calls = {"addr": 0, "blocked": 0}
-    addr, blocked = torch.addr, kernel._host_step_blocked
+    calls = {"addr": 0}
+    addr = torch.addr
 
     def count_addr(*args, **kwargs):
         calls["addr"] += 1
         return addr(*args, **kwargs)
 
-    def count_blocked(*args, **kwargs):
-        calls["blocked"] += 1
-        return blocked(*args, **kwargs)
-
     monkeypatch.setattr(torch, "addr", count_addr)
-    monkeypatch.setattr(kernel, "_host_step_blocked", count_blocked)
     return request.param, calls
 
 
@@ -171,17 +164,14 @@ def test_every_path_matches_eq_12(prediction_type, clip, use_clipped, eta, dtype
         assert prev.dtype == x0.dtype == dtype, path
         assert rel_l2(x0, x0_ref) <= EXACT_RTOL[dtype], (path, rel_l2(x0, x0_ref))
         assert rel_l2(prev, prev_ref) <= EXACT_RTOL[dtype], (path, rel_l2(prev, prev_ref))
-    assert bool(calls["addr"]) == (path_name != "small")
-    assert bool(calls["blocked"]) == (path_name == "blocked" and clip != "threshold")  # threshold: not blockwise
+    assert bool(calls["addr"]) == (path_name == "fused")
 
 
 @pytest.mark.parametrize("clip,eta", [("none", 0.0), ("clip", 1.0)])
-@pytest.mark.parametrize("shape", [(2, 4, 72, 72), (5, 4, 120, 120)], ids=["fused", "blocked"])
-def test_host_path_at_real_sizes(clip, eta, shape):
-    # The same at sizes where the default constants pick torch.addr and blocks.
-    numel = shape[0] * shape[1] * shape[2] * shape[3]
-    assert numel >= kernel.FUSED_MIN_NUMEL
-    assert (numel * 4 >= 2 * kernel.BLOCK_BYTES) == (shape[2] == 120)
+def test_host_path_at_a_real_size(clip, eta):
+    # The same where the default FUSED_MIN_NUMEL picks torch.addr.
+    shape = (2, 4, 72, 72)
+    assert shape[0] * shape[1] * shape[2] * shape[3] >= kernel.FUSED_MIN_NUMEL
     x, m, z = _inputs(shape, torch.float32)
     noise = z if eta > 0 else None
     prev_ref, x0_ref = reference_step(m, x, 0.2, 0.5, eta, "epsilon", clip, False, noise)

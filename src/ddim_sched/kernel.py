@@ -141,9 +141,6 @@ _CONSTANTS: dict[tuple[str, torch.dtype, torch.device], torch.Tensor] = {}
 # Below this many elements a step is bound by per-op overhead, not memory traffic: host-scalar
 # combinations then use two cheaper ops (scale, add_) instead of torch.addr and its reshapes.
 FUSED_MIN_NUMEL = 1 << 15
-# On the CPU, host-scalar steps over tensors of at least 2·BLOCK_BYTES are computed block by block
-# (half a core's L2 per tensor), so that the second output reads its inputs from cache.
-BLOCK_BYTES = 1 << 19
 # Host-scalar coefficients need both inputs contiguous and of one of these dtypes; half inputs need
 # float32 arithmetic, which the tensor path's float32 coefficients give them.
 _FUSED_DTYPES = (torch.float32, torch.float64)
@@ -185,30 +182,6 @@ def _combine_host(
     for j, s in rest:
         out.add_(sources[s], alpha=c[j])
     return out
-
-
-def _host_step_blocked(
-    c: Sequence[float],
-    x0_terms: Sequence[tuple[int, int]],
-    prev_terms: Sequence[tuple[int, int]],
-    sources: list[torch.Tensor | None],
-    clip_sample_range: float | None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The host-scalar step over flat blocks of BLOCK_BYTES per tensor: x̂0 then x_prev per block,
-    so x_prev re-reads x_t and m (and x̂0) from the core's cache instead of from memory."""
-    sample = sources[_X]
-    x0, prev = torch.empty_like(sample), torch.empty_like(sample)
-    flat = [None if t is None else t.view(-1) for t in sources]
-    x0_flat, prev_flat = x0.view(-1), prev.view(-1)
-    block = max(FUSED_MIN_NUMEL, BLOCK_BYTES // sample.element_size())
-    for start in range(0, sample.numel(), block):
-        part = [None if t is None else t[start : start + block] for t in flat]
-        x0_part = _combine_host(c, x0_terms, part, x0_flat[start : start + block])
-        if clip_sample_range is not None:
-            x0_part.clamp_(-clip_sample_range, clip_sample_range)
-        part[_X0] = x0_part
-        _combine_host(c, prev_terms, part, prev_flat[start : start + block])
-    return prev, x0
 
 
 def _combine(
@@ -331,15 +304,6 @@ def ddim_step(
         host = False
 
     if host:
-        if (
-            sample.device.type == "cpu"
-            and clip != "threshold"  # the threshold needs all of x̂0 before x_prev
-            and sample.numel() * sample.element_size() >= 2 * BLOCK_BYTES
-            and (noise is None or (noise.is_contiguous() and noise.shape == sample.shape))
-        ):
-            return _host_step_blocked(
-                coefficients, x0_terms, prev_terms, sources, clip_sample_range if clip == "clip" else None
-            )
         x0 = _combine_host(coefficients, x0_terms, sources)
     else:
         ndim = sample.dim()

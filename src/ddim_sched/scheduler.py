@@ -47,8 +47,11 @@ def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
 
 
 def _is_compiling() -> bool:
-    compiler = getattr(torch, "compiler", None)
-    return bool(compiler is not None and hasattr(compiler, "is_compiling") and compiler.is_compiling())
+    """True while torch.compile traces (value checks and host tables are skipped then)."""
+    return _compiler_is_compiling()
+
+
+_compiler_is_compiling = getattr(getattr(torch, "compiler", None), "is_compiling", lambda: False)
 
 
 def _to_device(table: torch.Tensor, device: torch.device) -> torch.Tensor:
@@ -565,13 +568,15 @@ class DDIMScheduler:
         config = self._config
         t = self._timestep_arg(timestep, sample, "timestep")
         eta = self._eta_arg(eta, sample)
-        device, dtype = sample.device, _compute_dtype(sample.dtype)
+        dtype = torch.float64 if sample.dtype == torch.float64 else torch.float32  # the compute dtype
         if isinstance(t, int) and config.prediction_type == "epsilon" and self._alpha_bar_host()[t] == 0:
             raise ValueError(
                 f"timestep {t} has alpha_bar = 0 (zero terminal SNR): x0 is undefined for prediction_type "
                 "'epsilon'; use 'v_prediction'"
             )
 
+        # The coefficients: Python floats from the host table (an int timestep and inputs the
+        # kernel's fused path takes), else gathered on the device, never read on the host.
         coefficients: torch.Tensor | list[float]
         if prev_timestep is None and not isinstance(eta, torch.Tensor):
             if (
@@ -581,11 +586,11 @@ class DDIMScheduler:
                 and model_output.is_contiguous()
                 and not _is_compiling()
             ):
-                # Host scalars: the kernel's fused one-pass-per-output path.
                 coefficients = self._host_coefficients(eta)[t]
             else:
-                coefficients = _gather(self._coefficient_table(eta, device, dtype), t)
+                coefficients = _gather(self._coefficient_table(eta, sample.device, dtype), t)
         else:
+            device = sample.device
             alpha_bar = self._alpha_bar_on(device)
             if prev_timestep is None:
                 prev = _gather(self._prev_table_on(device), t)
@@ -603,7 +608,7 @@ class DDIMScheduler:
                     f"variance_noise must have the sample's shape {tuple(sample.shape)}; got {tuple(variance_noise.shape)}"
                 )
             if stochastic:
-                noise = variance_noise.to(device)
+                noise = variance_noise.to(sample.device)
         elif stochastic:
             noise = randn(model_output.shape, generator, model_output.device, model_output.dtype)
 

@@ -291,7 +291,7 @@ def ddim_step(
         raise ValueError(f"clip must be one of 'none', 'clip', 'threshold'; got {clip!r}")
     clipped = clip != "none"
     x0_terms, prev_terms = _plan(prediction_type, clipped, use_clipped_model_output, noise is not None)
-    sources = [sample, model_output, None, noise]
+    out_dtype = sample.dtype
     host = not isinstance(coefficients, torch.Tensor)
     if host and not (
         sample.dtype in _FUSED_DTYPES
@@ -300,8 +300,15 @@ def ddim_step(
         and model_output.is_contiguous()
     ):
         compute = torch.float64 if sample.dtype == torch.float64 else torch.float32
-        coefficients = torch.tensor(coefficients, dtype=compute, device=sample.device)
-        host = False
+        if sample.device.type == "cpu":
+            # CPU kernels copy a mixed-dtype operand to the common dtype inside every op anyway:
+            # convert each input once and take the fused path.
+            sample = sample.to(compute, memory_format=torch.contiguous_format)
+            model_output = model_output.to(compute, memory_format=torch.contiguous_format)
+        else:
+            coefficients = torch.tensor(coefficients, dtype=compute, device=sample.device)
+            host = False
+    sources = [sample, model_output, None, noise]
 
     if host:
         x0 = _combine_host(coefficients, x0_terms, sources)
@@ -309,7 +316,7 @@ def ddim_step(
         ndim = sample.dim()
         # Clipping needs x̂0 in the compute dtype; otherwise it is written in the output dtype.
         x0 = _combine(
-            [(_column(coefficients, j, ndim), sources[s]) for j, s in x0_terms], out_dtype=None if clipped else sample.dtype
+            [(_column(coefficients, j, ndim), sources[s]) for j, s in x0_terms], out_dtype=None if clipped else out_dtype
         )
     if clip == "clip":
         x0.clamp_(-clip_sample_range, clip_sample_range)
@@ -317,6 +324,6 @@ def ddim_step(
         dynamic_threshold_(x0, dynamic_thresholding_ratio, sample_max_value)
     sources[_X0] = x0
     if host:
-        return _combine_host(coefficients, prev_terms, sources), x0
-    prev = _combine([(_column(coefficients, j, ndim), sources[s]) for j, s in prev_terms], out_dtype=sample.dtype)
-    return prev, x0.to(sample.dtype)
+        return _combine_host(coefficients, prev_terms, sources).to(out_dtype), x0.to(out_dtype)
+    prev = _combine([(_column(coefficients, j, ndim), sources[s]) for j, s in prev_terms], out_dtype=out_dtype)
+    return prev, x0.to(out_dtype)

@@ -575,16 +575,22 @@ class DDIMScheduler:
                 "'epsilon'; use 'v_prediction'"
             )
 
-        # The coefficients: Python floats from the host table (an int timestep and inputs the
-        # kernel's fused path takes), else gathered on the device, never read on the host.
+        # The coefficients: Python floats from the host table (an int timestep, and CPU inputs or
+        # inputs the kernel's fused path takes as they are), else gathered on the device, never
+        # read on the host.
         coefficients: torch.Tensor | list[float]
         if prev_timestep is None and not isinstance(eta, torch.Tensor):
             if (
                 isinstance(t, int)
-                and model_output.dtype == sample.dtype == dtype
-                and sample.is_contiguous()
-                and model_output.is_contiguous()
                 and not _is_compiling()
+                and (
+                    sample.device.type == "cpu"  # the kernel converts other CPU inputs once
+                    or (
+                        model_output.dtype == sample.dtype == dtype
+                        and sample.is_contiguous()
+                        and model_output.is_contiguous()
+                    )
+                )
             ):
                 coefficients = self._host_coefficients(eta)[t]
             else:

@@ -21,14 +21,17 @@ import argparse
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import diffusers
 import numpy as np
 import torch
 from diffusers import AutoencoderKL, UNet2DConditionModel
 from diffusers.utils.torch_utils import randn_tensor
 
+import ddim_sched
+
 try:  # ddim_sched's own implementation, where this version has it
     from ddim_sched import rescale_noise_cfg
-except ImportError:  # diffusers' (importing this module needs transformers installed)
+except ImportError:  # diffusers' (importing its module needs transformers installed)
     from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import rescale_noise_cfg
 
 # ---------------------------------------------------------------------------- tiny components
@@ -245,10 +248,7 @@ def generate_staggered(
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    import diffusers
-
-    import ddim_sched
-
+    """Compare ddim_sched with diffusers in the loop, then serve two staggered requests in one batch."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=10, help="number of inference steps")
     parser.add_argument("--eta", type=float, default=0.0, help="DDIM eta (0: deterministic)")
@@ -259,14 +259,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     config = {**SD_SCHEDULER_CONFIG, **ZERO_SNR_OVERRIDES}
     options = dict(num_inference_steps=args.steps, guidance_rescale=0.7, eta=args.eta)
 
-    reference = generate(
-        unet, vae, diffusers.DDIMScheduler.from_config(config), prompt_embeds, negative_prompt_embeds,
-        generator=torch.Generator().manual_seed(0), **options,
-    )  # fmt: skip
-    ours = generate(
-        unet, vae, ddim_sched.DDIMScheduler.from_config(config), prompt_embeds, negative_prompt_embeds,
-        generator=torch.Generator().manual_seed(0), **options,
-    )  # fmt: skip
+    def sample(scheduler, embeds, negative_embeds, seed):
+        generator = torch.Generator().manual_seed(seed)
+        return generate(unet, vae, scheduler, embeds, negative_embeds, generator=generator, **options)
+
+    reference = sample(diffusers.DDIMScheduler.from_config(config), prompt_embeds, negative_prompt_embeds, 0)
+    ours = sample(ddim_sched.DDIMScheduler.from_config(config), prompt_embeds, negative_prompt_embeds, 0)
     error = np.linalg.norm(ours - reference) / np.linalg.norm(reference)
     print(f"images {ours.shape}: ddim_sched vs diffusers relative error {error:.2e}")
 
@@ -276,10 +274,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     ]
     batched = generate_staggered(unet, vae, ddim_sched.DDIMScheduler.from_config(config), requests, **options)
     for i, (request, image) in enumerate(zip(requests, batched)):
-        alone = generate(
-            unet, vae, ddim_sched.DDIMScheduler.from_config(config), request.prompt_embeds,
-            request.negative_prompt_embeds, generator=torch.Generator().manual_seed(i), **options,
-        )  # fmt: skip
+        scheduler = ddim_sched.DDIMScheduler.from_config(config)
+        alone = sample(scheduler, request.prompt_embeds, request.negative_prompt_embeds, i)
         error = np.linalg.norm(image - alone) / np.linalg.norm(alone)
         print(f"request {i} (arrives at tick {request.arrival}): batched vs alone relative error {error:.2e}")
 

@@ -3,6 +3,7 @@
 Each case runs twice — with diffusers' DDIMScheduler and with
 ``ddim_sched.DDIMScheduler.from_config(pipe.scheduler.config, ...)`` — on tiny random-weight
 components (tests/tiny_models.py), and requires equal outputs within the float32 parity tolerance.
+StableDiffusionPipeline needs transformers installed (it is in the test extra).
 """
 
 from __future__ import annotations
@@ -17,8 +18,6 @@ import torch
 import ddim_sched
 from tests.tiny_models import ddim_pipeline, sd_loop, stable_diffusion_pipeline
 from tests.tolerances import PARITY_RTOL, rel_l2
-
-pytest.importorskip("transformers", reason="StableDiffusionPipeline needs transformers (in the test extra)")
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -284,15 +283,22 @@ def test_per_sample_timesteps_batched_equal_separate_requests(tiny_sd, parity, c
     # timestep is a [B] int64 tensor); each must get the image diffusers gives it alone.
     overrides, kwargs, _ = SD_CASES[case]
     config = {**SD, **overrides}
+    ours = ddim_sched.DDIMScheduler.from_config(config)
     batched = sd_loop.generate_staggered(
-        tiny_sd.unet, tiny_sd.vae, ddim_sched.DDIMScheduler.from_config(config), requests(tiny_sd),
-        num_inference_steps=STEPS, **kwargs,
-    )  # fmt: skip
+        tiny_sd.unet, tiny_sd.vae, ours, requests(tiny_sd), num_inference_steps=STEPS, **kwargs
+    )
     for i, request in enumerate(requests(tiny_sd)):
+        reference = diffusers.DDIMScheduler.from_config(config)
         alone = sd_loop.generate(
-            tiny_sd.unet, tiny_sd.vae, diffusers.DDIMScheduler.from_config(config), request.prompt_embeds,
-            request.negative_prompt_embeds, num_inference_steps=STEPS, generator=request.generator, **kwargs,
-        )  # fmt: skip
+            tiny_sd.unet,
+            tiny_sd.vae,
+            reference,
+            request.prompt_embeds,
+            request.negative_prompt_embeds,
+            num_inference_steps=STEPS,
+            generator=request.generator,
+            **kwargs,
+        )
         parity(f"examples/sd_loop.py staggered {case}, request {i} (arrives at tick {request.arrival})", batched[i], alone)
 
 

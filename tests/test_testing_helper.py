@@ -11,9 +11,13 @@ from ddim_sched.testing import MatchReport, StepError, assert_schedulers_match, 
 from tests.tolerances import PARITY_RTOL
 
 SD = dict(
-    beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
-    clip_sample=False, set_alpha_to_one=False, steps_offset=1,
-)  # fmt: skip
+    beta_schedule="scaled_linear",
+    beta_start=0.00085,
+    beta_end=0.012,
+    clip_sample=False,
+    set_alpha_to_one=False,
+    steps_offset=1,
+)
 ZERO_SNR = dict(SD, rescale_betas_zero_snr=True, timestep_spacing="trailing", prediction_type="v_prediction")
 SHAPE = (2, 4, 8, 8)
 

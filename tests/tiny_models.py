@@ -30,7 +30,19 @@ def load_example(name: str):
     return module
 
 
-sd_loop = load_example("sd_loop")
+def __getattr__(name: str):
+    # ``from tests.tiny_models import sd_loop`` loads the example on first use, so modules that need
+    # only the helpers below do not import what the example imports.
+    if name == "sd_loop":
+        try:
+            return load_example("sd_loop")
+        except ImportError as err:
+            raise ImportError(
+                f"examples/sd_loop.py could not be imported ({err}); the integration tests need the test "
+                "extra installed (pip install -e '.[test]'), which includes transformers for diffusers' "
+                "StableDiffusionPipeline"
+            ) from err
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 @contextlib.contextmanager

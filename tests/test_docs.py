@@ -36,9 +36,6 @@ DOC_FILES = sorted(DOCS.glob("*.md")) + [ROOT / "README.md"]
 # Pages other changes add; index.md links to them before they land. Tolerated only while absent.
 PENDING_PAGES = {"performance.md", "beyond.md", "demo.md"}
 
-# README.md is edited outside this change: its hub example gets a skip marker there. Until it does,
-# the block is skipped here by its first line. Delete this entry once README.md has the marker.
-PENDING_README_SKIPS = {"from diffusers import DiffusionPipeline": "downloads model weights and needs a GPU"}
 
 FENCE_OPEN = re.compile(r"^(?P<indent>\s*)```python\s*$")
 FENCE_CLOSE = re.compile(r"^\s*```\s*$")
@@ -89,16 +86,7 @@ def python_blocks(path: Path, text: str | None = None) -> list[Block]:
 
 
 def all_blocks() -> list[Block]:
-    blocks = []
-    for path in DOC_FILES:
-        for block in python_blocks(path):
-            if block.skip is None and path.name == "README.md":
-                first = block.code.strip().splitlines()[0] if block.code.strip() else ""
-                reason = PENDING_README_SKIPS.get(first)
-                if reason:
-                    block = Block(block.path, block.line, block.code, f"{reason} (README marker pending)")
-            blocks.append(block)
-    return blocks
+    return [block for path in DOC_FILES for block in python_blocks(path)]
 
 
 BLOCKS = all_blocks()

@@ -13,6 +13,7 @@ from .config import DDIMConfig
 from .config_io import ConfigFileNotFoundError
 from .output import DDIMSchedulerOutput
 from .scheduler import DDIMScheduler
+from .inverse import DDIMInverseScheduler
 from .inversion import invert
 
 __version__ = "0.1.0"
@@ -20,6 +21,7 @@ __version__ = "0.1.0"
 __all__ = [
     "ConfigFileNotFoundError",
     "DDIMConfig",
+    "DDIMInverseScheduler",
     "DDIMScheduler",
     "DDIMSchedulerOutput",
     "kernel",

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from . import kernel
+from .inverse import DDIMInverseScheduler
 from .scheduler import DDIMScheduler
 
 ModelFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -117,8 +118,10 @@ def invert(
     """
     if not callable(model_fn):
         raise TypeError(f"model_fn must be callable; got {model_fn!r}")
-    if not isinstance(scheduler, DDIMScheduler):
-        raise TypeError(f"scheduler must be a ddim_sched.DDIMScheduler; got {type(scheduler).__name__}")
+    if not isinstance(scheduler, DDIMScheduler) or isinstance(scheduler, DDIMInverseScheduler):
+        raise TypeError(
+            f"scheduler must be a ddim_sched.DDIMScheduler (the sampling scheduler to invert); got {type(scheduler).__name__}"
+        )
     if not isinstance(x0, torch.Tensor) or not x0.is_floating_point():
         raise TypeError(f"x0 must be a floating-point torch.Tensor; got {getattr(x0, 'dtype', type(x0).__name__)}")
     if x0.dim() == 0:

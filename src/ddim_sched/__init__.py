@@ -14,6 +14,7 @@ from .config_io import ConfigFileNotFoundError
 from .output import DDIMSchedulerOutput
 from .scheduler import DDIMScheduler
 from .inverse import DDIMInverseScheduler
+from .img2img import img2img_timesteps
 from .inversion import invert
 
 __version__ = "0.1.0"
@@ -24,8 +25,9 @@ __all__ = [
     "DDIMInverseScheduler",
     "DDIMScheduler",
     "DDIMSchedulerOutput",
+    "img2img_timesteps",
+    "invert",
     "kernel",
     "schedules",
-    "invert",
     "spacing",
 ]

@@ -14,6 +14,7 @@ from .config_io import ConfigFileNotFoundError
 from .output import DDIMSchedulerOutput
 from .scheduler import DDIMScheduler
 from .inverse import DDIMInverseScheduler
+from .guidance import rescale_noise_cfg, slerp
 from .img2img import img2img_timesteps
 from .inversion import invert
 
@@ -28,6 +29,8 @@ __all__ = [
     "img2img_timesteps",
     "invert",
     "kernel",
+    "rescale_noise_cfg",
     "schedules",
+    "slerp",
     "spacing",
 ]

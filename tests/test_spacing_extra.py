@@ -2,6 +2,7 @@
 
 import math
 import warnings
+from fractions import Fraction
 
 import numpy as np
 import pytest
@@ -53,14 +54,17 @@ def test_quad_drops_duplicates():
 @settings(max_examples=50, deadline=None)
 @given(st.integers(1, 2000), st.data())
 def test_quad_defining_property(T, data):
-    # Every timestep is ⌊g²⌋ for a point g of the even grid on [0, √(0.8T)], each grid point is
-    # represented, and the result is strictly decreasing: the quadratic sub-sequence without repeats.
     S = data.draw(st.integers(1, T))
     timesteps = spacing.quad(T, S)
-    grid = [math.sqrt(0.8 * T) * i / (S - 1) if S > 1 else 0.0 for i in range(S)]
-    assert sorted(set(timesteps.tolist())) == sorted({int(g * g) for g in grid})
-    assert np.all(np.diff(timesteps) < 0)
-    assert timesteps[-1] == 0
+    # The paper's code (ermongroup/ddim, skip_type "quad"), duplicates removed, noisiest first.
+    paper = [int(s) for s in list(np.linspace(0, np.sqrt(T * 0.8), S) ** 2)]
+    assert timesteps.tolist() == sorted(set(paper), reverse=True)
+    # Quadratic: the i-th grid point's timestep is ⌊0.8·T·(i/(S−1))²⌋, exact up to the float rounding
+    # of that code (which can land one below an exact integer).
+    for i, t in enumerate(paper):
+        exact = Fraction(4 * T * i * i, 5 * (S - 1) ** 2) if S > 1 else Fraction(0)
+        assert math.floor(exact) - 1 <= t <= math.floor(exact)
+    assert np.all(np.diff(timesteps) < 0) and timesteps[-1] == 0
 
 
 # ------------------------------------------------------------------ karras

@@ -627,7 +627,7 @@ class DDIMScheduler:
         DDIM with η = 0 is Euler's method on these sigmas in x/√ᾱ coordinates (REFERENCE.md §1),
         step for step wherever each step lands on the next visited timestep: always with
         ``prev_timestep_rule="schedule"`` or custom timesteps, and for ``leading`` under the "stride"
-        rule too (with linspace/trailing the stride rule lands elsewhere).
+        rule too (with linspace, and with trailing when T is not a multiple of S, it lands elsewhere).
         """
         alpha_bar = self._alpha_bar_ext[self.timesteps.cpu() + 1]
         levels = torch.cat([alpha_bar, self._alpha_bar_ext[:1]])

@@ -13,6 +13,7 @@ from .config import DDIMConfig
 from .config_io import ConfigFileNotFoundError
 from .output import DDIMSchedulerOutput
 from .scheduler import DDIMScheduler
+from .inversion import invert
 
 __version__ = "0.1.0"
 
@@ -23,5 +24,6 @@ __all__ = [
     "DDIMSchedulerOutput",
     "kernel",
     "schedules",
+    "invert",
     "spacing",
 ]

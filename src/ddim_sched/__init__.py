@@ -14,6 +14,7 @@ from .config_io import ConfigFileNotFoundError
 from .output import DDIMSchedulerOutput
 from .scheduler import DDIMScheduler
 from .inversion import invert
+from . import toy
 
 __version__ = "0.1.0"
 

@@ -819,12 +819,13 @@ def compare_with_diffusers(
     ours = DDIMScheduler.from_config(config)
     reference = diffusers.DDIMScheduler.from_config(dict(reference_mapping))
     _set_timesteps(ours, steps, device)
-    reference.set_timesteps(steps, device=device)
-    result: dict[str, Any] = {
-        "timesteps": ours.timesteps.tolist(),
-        "reference_timesteps": reference.timesteps.tolist(),
-        "steps": [],
-    }
+    result: dict[str, Any] = {"timesteps": ours.timesteps.tolist(), "reference_timesteps": None, "steps": []}
+    try:
+        reference.set_timesteps(steps, device=device)
+    except (ValueError, RuntimeError) as err:
+        result["reference_error"] = f"diffusers' set_timesteps raised {type(err).__name__}: {err}"
+        return result
+    result["reference_timesteps"] = reference.timesteps.tolist()
     if result["timesteps"] != result["reference_timesteps"]:
         return result
     dim = math.prod(shape[1:])
@@ -887,7 +888,10 @@ def cmd_compare(args: argparse.Namespace) -> int:
     )
     if extensions:
         print(f"note: {', '.join(extensions)}: ddim_sched extension(s) diffusers lacks; differences are expected", file=out)
-    if result["timesteps"] != result["reference_timesteps"]:
+    if "reference_error" in result:
+        print(result["reference_error"], file=out)
+        verdict = False
+    elif result["timesteps"] != result["reference_timesteps"]:
         print("timesteps DIFFER:", file=out)
         print(f"  ddim_sched: {result['timesteps']}", file=out)
         print(f"  diffusers:  {result['reference_timesteps']}", file=out)
@@ -921,17 +925,13 @@ def cmd_compare(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------- parser and entry point
 
 
-class _Parser(argparse.ArgumentParser):
-    """ArgumentParser whose errors name the subcommand (exit code 2, as argparse's own)."""
-
-
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(
+    parser = argparse.ArgumentParser(
         prog=PROG,
         description="DDIM scheduler tools: a demo on exact models, a schedule inspector, and a diffusers parity check.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="{demo,schedule,compare}", parser_class=_Parser)
+    sub = parser.add_subparsers(dest="command", metavar="{demo,schedule,compare}")
     sub.required = True
 
     demo = sub.add_parser(

@@ -364,3 +364,11 @@ def test_float32_step_coefficients_agree_with_float64():
         c32 = cli.step_coefficients(scheduler, t, 0.5, torch.device("cpu"), torch.float32)
         c64 = cli.step_coefficients(scheduler, t, 0.5, torch.device("cpu"), torch.float64)
         assert c32 == pytest.approx(c64, rel=10 * EXACT_RTOL[torch.float32], abs=1e-7)
+
+
+def test_importing_main_module_runs_nothing():
+    # Tools that walk the package (doctest collection, pkgutil) import ddim_sched.__main__.
+    import importlib
+
+    module = importlib.import_module("ddim_sched.__main__")
+    assert module.main is cli.main

@@ -2,4 +2,6 @@
 
 from .cli import main
 
-raise SystemExit(main())
+# Guarded so that importing this module (pkgutil.walk_packages, doctest collection) runs nothing.
+if __name__ == "__main__":
+    raise SystemExit(main())

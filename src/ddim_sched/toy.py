@@ -66,6 +66,15 @@ class GaussianMixture:
 
     Raises:
         ValueError: Shapes that do not fit, non-positive stds or weights, ᾱ outside [0, 1).
+
+    Example: at the last timestep x_t says almost nothing about x0, so E[x0 | x_t] is nearly the mean.
+
+    >>> from ddim_sched import DDIMScheduler
+    >>> data = GaussianMixture.gaussian([1.0, -1.0], [0.5, 0.1], alpha_bar=DDIMScheduler())
+    >>> data.x0(torch.zeros(1, 2), 999)
+    tensor([[ 1.0000, -1.0000]])
+    >>> data.sample(4, generator=torch.Generator().manual_seed(0)).shape
+    torch.Size([4, 2])
     """
 
     def __init__(

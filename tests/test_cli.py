@@ -300,7 +300,7 @@ def _text_file(tmp_path):
         (["schedule", "--steps", "2000"], ["--steps 2000", "num_train_timesteps=1000"]),
         (["schedule", "--beta-start", "2"], ["--beta-start", "(0, 1)"]),
         (["schedule", "--beta-start", "0.5", "--beta-end", "0.1"], ["beta_start must not exceed beta_end"]),
-        (["schedule", "--timestep-spacing", "quad"], ["--timestep-spacing", "'trailing'"]),
+        (["schedule", "--timestep-spacing", "cubic"], ["--timestep-spacing", "cubic", "'trailing'"]),
         (["schedule", "--steps-offset", "200", "--steps", "5"], ["--steps-offset 200"]),
         (["schedule", "--rescale-betas-zero-snr", "--timestep-spacing", "trailing"], ["--prediction-type epsilon", "v_prediction"]),
         (["schedule", "--config", "{tmp}/missing/scheduler_config.json"], ["--config", "missing"]),

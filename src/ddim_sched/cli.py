@@ -705,9 +705,9 @@ def cmd_schedule(args: argparse.Namespace) -> int:
     config, _, _ = _config_from_args(args)
     plot = None
     if args.plot is not None:
+        plot = _writable_file("--plot", args.plot)
         if _pyplot_free_figure() is None:
             raise UsageError(f"--plot needs matplotlib, which is not installed: {DEMO_EXTRA_HINT}")
-        plot = _writable_file("--plot", args.plot)
     scheduler = DDIMScheduler.from_config(config)
     _set_timesteps(scheduler, args.steps)
     rows = _schedule_rows(scheduler, args.eta)

@@ -1,6 +1,6 @@
 r"""The ``ddim-sched`` command (also ``python -m ddim_sched``): ``demo``, ``schedule`` and ``compare``.
 
-``demo`` reproduces the trends of the DDIM paper's Tables 1 and 2 (Song, Meng & Ermon 2020) on
+``demo`` measures the trends of the DDIM paper's Tables 1 and 2 (Song, Meng & Ermon 2020) on
 data whose optimal denoiser is known exactly (:mod:`ddim_sched.toy`), through this library's own
 :class:`~ddim_sched.DDIMScheduler`:
 
@@ -85,6 +85,7 @@ class Progress:
             self._draw()
 
     def update(self, n: int = 1) -> None:
+        """Count ``n`` more units of work."""
         self.count += n
         if not self._live:
             return

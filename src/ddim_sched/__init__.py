@@ -17,6 +17,7 @@ from .inverse import DDIMInverseScheduler
 from .guidance import rescale_noise_cfg, slerp
 from .img2img import img2img_timesteps
 from .inversion import invert
+from . import toy
 
 __version__ = "0.1.0"
 

@@ -8,7 +8,7 @@
 [801, 601, 401, 201, 1]
 """
 
-from . import kernel, schedules, spacing
+from . import kernel, schedules, spacing, testing, toy
 from .config import DDIMConfig
 from .config_io import ConfigFileNotFoundError
 from .output import DDIMSchedulerOutput
@@ -17,7 +17,6 @@ from .inverse import DDIMInverseScheduler
 from .guidance import rescale_noise_cfg, slerp
 from .img2img import img2img_timesteps
 from .inversion import invert
-from . import toy
 
 __version__ = "0.1.0"
 
@@ -34,4 +33,6 @@ __all__ = [
     "schedules",
     "slerp",
     "spacing",
+    "testing",
+    "toy",
 ]

@@ -28,11 +28,7 @@ from diffusers import AutoencoderKL, UNet2DConditionModel
 from diffusers.utils.torch_utils import randn_tensor
 
 import ddim_sched
-
-try:  # ddim_sched's own implementation, where this version has it
-    from ddim_sched import rescale_noise_cfg
-except ImportError:  # diffusers' (importing its module needs transformers installed)
-    from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import rescale_noise_cfg
+from ddim_sched import rescale_noise_cfg
 
 # ---------------------------------------------------------------------------- tiny components
 

@@ -8,20 +8,31 @@
 [801, 601, 401, 201, 1]
 """
 
-from . import kernel, schedules, spacing
+from . import kernel, schedules, spacing, testing, toy
 from .config import DDIMConfig
 from .config_io import ConfigFileNotFoundError
 from .output import DDIMSchedulerOutput
 from .scheduler import DDIMScheduler
+from .inverse import DDIMInverseScheduler
+from .guidance import rescale_noise_cfg, slerp
+from .img2img import img2img_timesteps
+from .inversion import invert
 
 __version__ = "0.1.0"
 
 __all__ = [
     "ConfigFileNotFoundError",
     "DDIMConfig",
+    "DDIMInverseScheduler",
     "DDIMScheduler",
     "DDIMSchedulerOutput",
+    "img2img_timesteps",
+    "invert",
     "kernel",
+    "rescale_noise_cfg",
     "schedules",
+    "slerp",
     "spacing",
+    "testing",
+    "toy",
 ]

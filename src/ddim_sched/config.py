@@ -232,5 +232,9 @@ class ConfigView(dict):
     def _readonly(self, *args: Any, **kwargs: Any) -> None:
         raise TypeError("the scheduler config is frozen; build a new scheduler with from_config(config, **changes)")
 
+    def __reduce__(self) -> tuple[type, tuple[dict[str, Any]]]:
+        # copy, deepcopy and pickle rebuild the view in one call instead of item by item.
+        return (type(self), (dict(self),))
+
     __setitem__ = __delitem__ = __setattr__ = _readonly  # type: ignore[assignment]
     clear = pop = popitem = setdefault = update = _readonly  # type: ignore[assignment]

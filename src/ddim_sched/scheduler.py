@@ -701,3 +701,20 @@ class DDIMScheduler:
     def scale_model_input(self, sample: torch.Tensor, timestep: int | torch.Tensor | None = None) -> torch.Tensor:
         """Return ``sample`` unchanged: DDIM needs no input scaling (present for pipeline compatibility)."""
         return sample
+
+    # ------------------------------------------------------------------ k-diffusion interop
+
+    @property
+    def sigmas(self) -> torch.Tensor:
+        """The schedule as k-diffusion noise levels: σ_t = √((1−ᾱ_t)/ᾱ_t) for each of :attr:`timesteps`,
+        then the final σ: 0 with ``set_alpha_to_one`` (ᾱ = 1), else σ of ᾱ_0.
+
+        float64 CPU tensor of length len(timesteps) + 1 (+∞ where ᾱ_t = 0, zero terminal SNR).
+        DDIM with η = 0 is Euler's method on these sigmas in x/√ᾱ coordinates (REFERENCE.md §1),
+        step for step wherever each step lands on the next visited timestep: always with
+        ``prev_timestep_rule="schedule"`` or custom timesteps, and for ``leading`` under the "stride"
+        rule too (with linspace, and with trailing when T is not a multiple of S, it lands elsewhere).
+        """
+        alpha_bar = self._alpha_bar_ext[self.timesteps.cpu() + 1]
+        levels = torch.cat([alpha_bar, self._alpha_bar_ext[:1]])
+        return ((1 - levels) / levels).sqrt()

@@ -1,0 +1,199 @@
+"""ddim_sched.invert on a model whose ε is known exactly (Gaussian data, closed-form posterior mean).
+
+Data x0 ~ N(μ, c²I). Then x_t = √ᾱ_t·x0 + √(1−ᾱ_t)·ε is Gaussian and the MMSE noise prediction is
+ε*(x_t, t) = E[ε | x_t] = √(1−ᾱ_t)·r with r = (x_t − √ᾱ_t·μ) / (ᾱ_t·c² + 1 − ᾱ_t): a perfect
+"trained model". Likewise E[x0 | x_t] = μ + √ᾱ_t·c²·r, and v = √ᾱ_t·ε − √(1−ᾱ_t)·x0.
+"""
+
+import pytest
+import torch
+
+from ddim_sched import DDIMScheduler, invert
+from tests.tolerances import EXACT_RTOL, rel_l2
+
+MU, C = 0.0, 0.5  # N(0, 0.25·I), the data of the issue's measurement
+
+
+def exact_model(scheduler, mu=MU, c=C):
+    """model_fn(x, t) returning the exact prediction for the scheduler's prediction_type."""
+    alpha_bar = scheduler.alpha_bar
+    prediction_type = scheduler.config.prediction_type
+
+    def model_fn(x, t):
+        a = alpha_bar[int(t)].to(x.dtype)
+        residual = (x - a.sqrt() * mu) / (a * c * c + 1 - a)
+        eps = (1 - a).sqrt() * residual
+        if prediction_type == "epsilon":
+            return eps
+        x0 = mu + a.sqrt() * c * c * residual  # E[x0 | x_t], finite at ᾱ = 0 too
+        if prediction_type == "sample":
+            return x0
+        return a.sqrt() * eps - (1 - a).sqrt() * x0  # v
+
+    return model_fn
+
+
+def data(shape=(4, 128), dtype=torch.float64, seed=0, mu=MU, c=C):
+    generator = torch.Generator().manual_seed(seed)
+    return (mu + c * torch.randn(shape, generator=generator, dtype=torch.float64)).to(dtype)
+
+
+def decode(model_fn, x, scheduler):
+    for t in scheduler.timesteps:
+        x = scheduler.step(model_fn(x, t), t, x).prev_sample
+    return x
+
+
+def round_trip_error(S, k, dtype=torch.float64, **config):
+    scheduler = DDIMScheduler(clip_sample=False, **config)
+    scheduler.set_timesteps(S)
+    model_fn = exact_model(scheduler)
+    x0 = data(dtype=dtype)
+    latent = invert(model_fn, x0, scheduler, fixed_point_iterations=k)
+    return rel_l2(decode(model_fn, latent, scheduler), x0)
+
+
+def test_classic_inversion_error_falls_like_one_over_S():
+    steps = (10, 20, 50, 100)
+    errors = [round_trip_error(S, 0) for S in steps]
+    assert all(a > b for a, b in zip(errors, errors[1:])), errors
+    # First order in the step size: S · error is roughly constant (measured 2.6 to 2.7).
+    scaled = [S * e for S, e in zip(steps, errors)]
+    assert max(scaled) / min(scaled) < 1.3, scaled
+    # The issue author measured about 5% at S = 100 on N(0, 0.25·I); the order of magnitude must agree.
+    assert 0.01 < errors[-1] < 0.1, errors
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        {},
+        {"timestep_spacing": "trailing"},
+        # diffusers' stride rule with linspace lands off the schedule (999 → 899, then 888 is visited):
+        # inversion must undo exactly those steps.
+        {"timestep_spacing": "linspace"},
+        {"timestep_spacing": "linspace", "prev_timestep_rule": "schedule"},
+        {"beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012, "steps_offset": 1,
+         "set_alpha_to_one": False},
+        {"prediction_type": "v_prediction"},
+        {"prediction_type": "sample"},
+        {"prediction_type": "v_prediction", "rescale_betas_zero_snr": True, "timestep_spacing": "trailing"},
+    ],
+    ids=["leading", "trailing", "linspace-stride", "linspace-schedule", "sd", "v", "sample", "v-zero-snr"],
+)
+def test_fixed_point_inversion_is_exact(config):
+    # Issue 4: with k = 10 the round trip at S = 50 is exact to 1e-6 relative in float64 (measured ~4e-12).
+    assert round_trip_error(50, 10, **config) < 1e-6
+
+
+def test_more_fixed_point_iterations_reduce_the_error():
+    errors = [round_trip_error(20, k) for k in (0, 1, 2, 5)]
+    assert all(b < a / 3 for a, b in zip(errors, errors[1:])), errors
+
+
+def test_float32_fixed_point_inversion():
+    assert round_trip_error(50, 10, dtype=torch.float32) < 1e-4
+
+
+def test_classic_step_is_the_swapped_ddim_update():
+    # k = 0, epsilon: x_i = √ᾱ_i·x̂0 + √(1−ᾱ_i)·ε̂, with ε̂ = ε(x_{i+1}, t_i) and x̂0 read at x_{i+1}
+    # on the level ᾱ_{i+1} it sits at (REFERENCE.md §1, "Inversion").
+    scheduler = DDIMScheduler(clip_sample=False, steps_offset=1, set_alpha_to_one=False)
+    scheduler.set_timesteps(4)
+    model_fn = exact_model(scheduler)
+    x0 = data()
+    alpha_bar = scheduler.alpha_bar
+    levels = scheduler.timesteps.tolist()  # [751, 501, 251, 1]; the final level is ᾱ[0]
+    expected, a_next = x0, alpha_bar[0]
+    for t in reversed(levels):
+        eps = model_fn(expected, torch.tensor(t))
+        x0_hat = (expected - (1 - a_next).sqrt() * eps) / a_next.sqrt()
+        a_t = alpha_bar[t]
+        expected, a_next = a_t.sqrt() * x0_hat + (1 - a_t).sqrt() * eps, a_t
+    assert rel_l2(invert(model_fn, x0, scheduler), expected) < EXACT_RTOL[torch.float64]
+
+
+def test_visits_the_reverse_of_the_sampling_loop_points():
+    scheduler = DDIMScheduler(clip_sample=False, timestep_spacing="linspace")
+    scheduler.set_timesteps(7)
+    model_fn = exact_model(scheduler)
+    x0 = data()
+    seen = []
+    latent = invert(model_fn, x0, scheduler, fixed_point_iterations=60,
+                    callback=lambda i, t, x: seen.append((i, int(t), x.clone())))
+    assert [i for i, _, _ in seen] == list(range(7))
+    assert [t for _, t, _ in seen] == scheduler.timesteps.flip(0).tolist()
+    assert torch.equal(seen[-1][2], latent)
+    # Each forward step from an inverted point lands on the point inverted just before it.
+    points = [x for _, _, x in reversed(seen)] + [x0]
+    for i, t in enumerate(scheduler.timesteps):
+        landed = scheduler.step(model_fn(points[i], t), t, points[i]).prev_sample
+        assert rel_l2(landed, points[i + 1]) < 1e-9
+
+
+def test_model_calls_and_scheduler_untouched():
+    scheduler = DDIMScheduler(clip_sample=False)
+    scheduler.set_timesteps(5)
+    exact = exact_model(scheduler)
+    calls = []
+
+    def model_fn(x, t):
+        calls.append((tuple(x.shape), t.dtype, t.dim(), int(t)))
+        return exact(x, t)
+
+    timesteps = scheduler.timesteps.clone()
+    invert(model_fn, data(), scheduler, fixed_point_iterations=2)
+    assert len(calls) == 5 * 3
+    assert {c[:3] for c in calls} == {((4, 128), torch.int64, 0)}
+    assert [c[3] for c in calls[::3]] == timesteps.flip(0).tolist()
+    assert torch.equal(scheduler.timesteps, timesteps)
+    assert scheduler.step_index is None  # no progress was recorded on the caller's scheduler
+
+
+def test_batch_elements_are_inverted_independently():
+    scheduler = DDIMScheduler(clip_sample=False)
+    scheduler.set_timesteps(10)
+    model_fn = exact_model(scheduler)
+    x0 = data()
+    batched = invert(model_fn, x0, scheduler, fixed_point_iterations=1)
+    single = torch.cat([invert(model_fn, x0[i : i + 1], scheduler, fixed_point_iterations=1) for i in range(4)])
+    assert rel_l2(batched, single) < EXACT_RTOL[torch.float64]
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, match",
+    [
+        ({"model_fn": None}, TypeError, "model_fn"),
+        ({"x0": [1.0]}, TypeError, "x0"),
+        ({"x0": torch.ones(2, 3, dtype=torch.int64)}, TypeError, "x0"),
+        ({"x0": torch.tensor(1.0)}, ValueError, "x0"),
+        ({"scheduler": object()}, TypeError, "scheduler"),
+        ({"fixed_point_iterations": 1.0}, TypeError, "fixed_point_iterations"),
+        ({"fixed_point_iterations": -1}, ValueError, "fixed_point_iterations"),
+        ({"fixed_point_iterations": True}, TypeError, "fixed_point_iterations"),
+        ({"callback": 3}, TypeError, "callback"),
+    ],
+)
+def test_bad_arguments(kwargs, error, match):
+    scheduler = DDIMScheduler(clip_sample=False)
+    scheduler.set_timesteps(3)
+    arguments = {"model_fn": exact_model(scheduler), "x0": data(), "scheduler": scheduler, **kwargs}
+    with pytest.raises(error, match=match):
+        invert(arguments.pop("model_fn"), arguments.pop("x0"), arguments.pop("scheduler"), **arguments)
+
+
+def test_needs_set_timesteps():
+    scheduler = DDIMScheduler(clip_sample=False)
+    with pytest.raises(ValueError, match="set_timesteps"):
+        invert(exact_model(scheduler), data(), scheduler)
+
+
+def test_a_step_that_forgets_its_input_cannot_be_inverted():
+    # From ᾱ = 0 (zero terminal SNR) straight to ᾱ = 1, an x0-predicting step returns the model output.
+    scheduler = DDIMScheduler(clip_sample=False, prediction_type="sample", set_alpha_to_one=True,
+                              rescale_betas_zero_snr=True, timestep_spacing="trailing")
+    scheduler.set_timesteps(1)
+    calls = []
+    with pytest.raises(ValueError, match="cannot be inverted"):
+        invert(lambda x, t: calls.append(t) or x, data(), scheduler)
+    assert calls == []  # raised before any model call

@@ -1,0 +1,318 @@
+"""ddim_sched.DDIMScheduler as a drop-in inside real diffusers pipelines and a hand-written loop.
+
+Each case runs twice — with diffusers' DDIMScheduler and with
+``ddim_sched.DDIMScheduler.from_config(pipe.scheduler.config, ...)`` — on tiny random-weight
+components (tests/tiny_models.py), and requires equal outputs within the float32 parity tolerance.
+StableDiffusionPipeline needs transformers installed (it is in the test extra).
+"""
+
+from __future__ import annotations
+
+import json
+
+import diffusers
+import numpy as np
+import pytest
+import torch
+
+import ddim_sched
+from tests.tiny_models import ddim_pipeline, sd_loop, stable_diffusion_pipeline
+from tests.tolerances import PARITY_RTOL, rel_l2
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+SD = sd_loop.SD_SCHEDULER_CONFIG
+STEPS = 10
+
+# case -> (scheduler config overrides, pipeline kwargs, one generator per image?)
+SD_CASES = {
+    "sd": ({}, {}, False),
+    "zero_snr": (sd_loop.ZERO_SNR_OVERRIDES, {"guidance_rescale": 0.7}, False),
+    "eta0.5_generators": ({}, {"eta": 0.5}, True),
+}
+
+
+def generators(per_image: bool, batch: int = 2):
+    """A fresh seeded generator, or a list of one per image (seeds 0..batch-1)."""
+    if per_image:
+        return [torch.Generator().manual_seed(i) for i in range(batch)]
+    return torch.Generator().manual_seed(0)
+
+
+def run_both(pipe, config, overrides, call):
+    """call(pipe) with diffusers' scheduler, then with ours from the same config: (ours, reference)."""
+    pipe.scheduler = diffusers.DDIMScheduler.from_config(config, **overrides)
+    reference = call(pipe)
+    pipe.scheduler = ddim_sched.DDIMScheduler.from_config(pipe.scheduler.config, **overrides)
+    assert isinstance(pipe.scheduler, ddim_sched.DDIMScheduler)
+    ours = call(pipe)
+    return ours, reference
+
+
+# ---------------------------------------------------------------------------- DDIMPipeline
+
+
+@pytest.mark.parametrize("eta", [0.0, 1.0])
+def test_ddim_pipeline_matches_diffusers(tiny_pixel_unet, parity, eta):
+    # diffusers' default DDIM config (linear betas, clip_sample=True): a pixel-space model.
+    pipe = ddim_pipeline(tiny_pixel_unet, diffusers.DDIMScheduler())
+
+    def call(p):
+        generator = torch.Generator().manual_seed(0)
+        return p(batch_size=2, generator=generator, eta=eta, num_inference_steps=STEPS, output_type="np").images
+
+    ours, reference = run_both(pipe, pipe.scheduler.config, {}, call)
+    # Images are clamped to [0, 1]: most pixels must be inside, or the comparison would be vacuous.
+    assert ((reference > 0) & (reference < 1)).mean() > 0.5
+    parity(f"DDIMPipeline eta={eta}", ours, reference)
+
+
+def test_ddim_pipeline_converts_our_scheduler_to_diffusers(tiny_pixel_unet):
+    # DDIMPipeline.__init__ calls diffusers' DDIMScheduler.from_config(scheduler.config): our config
+    # view must load there with every diffusers field intact.
+    ours = ddim_sched.DDIMScheduler(clip_sample=False, timestep_spacing="trailing", beta_schedule="scaled_linear")
+    pipe = ddim_pipeline(tiny_pixel_unet, ours)
+    assert type(pipe.scheduler) is diffusers.DDIMScheduler
+    for key in ddim_sched.config.DIFFUSERS_FIELDS:
+        assert pipe.scheduler.config[key] == ours.config[key], key
+
+
+# ---------------------------------------------------------------------------- StableDiffusionPipeline
+
+
+def sd_call(tiny_sd, output_type, per_image, **kwargs):
+    def call(pipe):
+        return pipe(
+            prompt_embeds=tiny_sd.prompt_embeds,
+            negative_prompt_embeds=tiny_sd.negative_prompt_embeds,
+            guidance_scale=7.5,
+            num_inference_steps=kwargs.pop("num_inference_steps", STEPS),
+            height=sd_loop.IMAGE_SIZE,
+            width=sd_loop.IMAGE_SIZE,
+            generator=generators(per_image),
+            output_type=output_type,
+            **kwargs,
+        ).images
+
+    return call
+
+
+@pytest.mark.parametrize("case", list(SD_CASES))
+@pytest.mark.parametrize("output_type", ["latent", "np"])
+def test_stable_diffusion_pipeline_matches_diffusers(tiny_sd, parity, case, output_type):
+    overrides, kwargs, per_image = SD_CASES[case]
+    pipe = stable_diffusion_pipeline(tiny_sd.unet, tiny_sd.vae, diffusers.DDIMScheduler(**SD))
+    ours, reference = run_both(pipe, pipe.scheduler.config, overrides, sd_call(tiny_sd, output_type, per_image, **kwargs))
+    parity(f"StableDiffusionPipeline {case} ({output_type})", ours, reference)
+
+
+def test_parity_check_detects_a_one_timestep_shift(tiny_sd):
+    # The comparison is sensitive: steps_offset 0 instead of 1 (every timestep one lower) is caught.
+    pipe = stable_diffusion_pipeline(tiny_sd.unet, tiny_sd.vae, diffusers.DDIMScheduler(**SD))
+    call = sd_call(tiny_sd, "latent", False)
+    reference = call(pipe)
+    pipe.scheduler = ddim_sched.DDIMScheduler.from_config(pipe.scheduler.config, steps_offset=0)
+    assert rel_l2(call(pipe), reference) > 10 * PARITY_RTOL[torch.float32]
+
+
+def test_zero_snr_eta_one_is_finite_where_diffusers_gives_nan(tiny_sd):
+    # diffusers issue #5969: with zero terminal SNR, η = 1 makes 1 − ᾱ_prev − σ² round below 0 in
+    # float32 at the first step and its square root is NaN. ddim_sched clamps it at 0.
+    pipe = stable_diffusion_pipeline(tiny_sd.unet, tiny_sd.vae, diffusers.DDIMScheduler(**SD))
+    ours, reference = run_both(
+        pipe, pipe.scheduler.config, sd_loop.ZERO_SNR_OVERRIDES, sd_call(tiny_sd, "latent", False, eta=1.0)
+    )
+    assert torch.isnan(reference).all()
+    assert torch.isfinite(ours).all()
+
+
+def test_pipeline_init_patches_our_scheduler_config(tiny_sd, parity):
+    # StableDiffusionPipeline.__init__ forces steps_offset=1 and clip_sample=False on outdated configs
+    # by assigning scheduler._internal_dict = FrozenDict(new_config): ours must take the new config.
+    outdated = {**SD, "steps_offset": 0, "clip_sample": True}
+    with pytest.warns(FutureWarning):
+        pipe = stable_diffusion_pipeline(tiny_sd.unet, tiny_sd.vae, ddim_sched.DDIMScheduler(**outdated))
+    assert isinstance(pipe.scheduler, ddim_sched.DDIMScheduler)
+    assert pipe.scheduler.config.steps_offset == 1
+    assert pipe.scheduler.config.clip_sample is False
+    pipe.scheduler.set_timesteps(5)
+    assert pipe.scheduler.timesteps.tolist() == [801, 601, 401, 201, 1]  # REFERENCE.md §3
+
+    call = sd_call(tiny_sd, "latent", False)
+    ours = call(pipe)
+    with pytest.warns(FutureWarning):
+        reference_pipe = stable_diffusion_pipeline(tiny_sd.unet, tiny_sd.vae, diffusers.DDIMScheduler(**outdated))
+    parity("StableDiffusionPipeline constructed with ours, patched config (latent)", ours, call(reference_pipe))
+
+
+def test_internal_dict_setter_rebuilds_the_tables():
+    from diffusers.configuration_utils import FrozenDict
+
+    scheduler = ddim_sched.DDIMScheduler()
+    scheduler._internal_dict = FrozenDict({**scheduler.config, "beta_schedule": "scaled_linear", "beta_end": 0.012})
+    expected = ddim_sched.DDIMScheduler(beta_schedule="scaled_linear", beta_end=0.012)
+    assert scheduler.config == expected.config
+    assert torch.equal(scheduler.alphas_cumprod, expected.alphas_cumprod)
+
+
+def test_signature_inspection_that_pipelines_do(tiny_sd):
+    from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import retrieve_timesteps
+
+    pipe = stable_diffusion_pipeline(tiny_sd.unet, tiny_sd.vae, ddim_sched.DDIMScheduler(**SD))
+    generator = torch.Generator()
+    # accepts_eta / accepts_generator, from inspect.signature(scheduler.step)
+    assert pipe.prepare_extra_step_kwargs(generator, 0.3) == {"eta": 0.3, "generator": generator}
+    # accepts_timesteps, from inspect.signature(scheduler.set_timesteps)
+    timesteps, steps = retrieve_timesteps(pipe.scheduler, timesteps=[901, 501, 101, 1])
+    assert timesteps.tolist() == [901, 501, 101, 1] and steps == 4
+    # diffusers' own DDIMScheduler has no `timesteps` parameter (REFERENCE.md §4, PR #7817)
+    with pytest.raises(ValueError, match="does not support custom timestep"):
+        retrieve_timesteps(diffusers.DDIMScheduler(**SD), timesteps=[901, 501, 101, 1])
+    # neither has `sigmas`
+    with pytest.raises(ValueError, match="does not support custom sigmas"):
+        retrieve_timesteps(pipe.scheduler, sigmas=[1.0, 0.5])
+
+
+def test_custom_timesteps_through_the_pipeline(tiny_sd, parity):
+    # pipe(timesteps=the leading schedule) equals diffusers' pipe(num_inference_steps=5): with a
+    # custom list each step lands on the next listed timestep, as the leading stride does here.
+    pipe = stable_diffusion_pipeline(tiny_sd.unet, tiny_sd.vae, diffusers.DDIMScheduler(**SD))
+    reference = sd_call(tiny_sd, "latent", False, num_inference_steps=5)(pipe)
+    pipe.scheduler = ddim_sched.DDIMScheduler.from_config(pipe.scheduler.config)
+    ours = sd_call(tiny_sd, "latent", False, timesteps=[801, 601, 401, 201, 1], num_inference_steps=None)(pipe)
+    parity("StableDiffusionPipeline custom timesteps (latent)", ours, reference)
+
+
+def test_save_pretrained_with_our_scheduler(tiny_sd, tmp_path):
+    # diffusers saves only components that subclass its own base classes: ours is skipped, with a
+    # logged warning, and model_index.json records the scheduler as [null, null].
+    from diffusers import StableDiffusionPipeline
+
+    from tests.tiny_models import NO_TEXT_ENCODER
+
+    ours = ddim_sched.DDIMScheduler(**SD, prev_timestep_rule="schedule")
+    pipe = stable_diffusion_pipeline(tiny_sd.unet, tiny_sd.vae, ours)
+    assert pipe.config.scheduler == ("ddim_sched.scheduler", "DDIMScheduler")
+    pipe.save_pretrained(tmp_path / "skipped")
+    assert json.loads((tmp_path / "skipped" / "model_index.json").read_text())["scheduler"] == [None, None]
+    assert not (tmp_path / "skipped" / "scheduler").exists()
+
+    # Recipe A (docs/migration.md): save the scheduler yourself, pass it back when loading.
+    ours.save_pretrained(tmp_path / "skipped" / "scheduler")
+    loaded = StableDiffusionPipeline.from_pretrained(
+        tmp_path / "skipped",
+        scheduler=ddim_sched.DDIMScheduler.from_pretrained(tmp_path / "skipped", subfolder="scheduler"),
+        image_encoder=None,
+        **NO_TEXT_ENCODER,
+    )
+    assert isinstance(loaded.scheduler, ddim_sched.DDIMScheduler)
+    assert loaded.scheduler.config == ours.config
+
+    # Recipe B: save with diffusers' class in place (on a pipeline not yet saved with ours: the
+    # skipped save above left pipe.config.scheduler at (None, None) for good).
+    pipe = stable_diffusion_pipeline(tiny_sd.unet, tiny_sd.vae, ours)
+    pipe.scheduler = diffusers.DDIMScheduler.from_config(ours.config)
+    pipe.save_pretrained(tmp_path / "portable")
+    pipe.scheduler = ours
+    index = json.loads((tmp_path / "portable" / "model_index.json").read_text())
+    assert index["scheduler"] == ["diffusers", "DDIMScheduler"]
+    loaded = StableDiffusionPipeline.from_pretrained(tmp_path / "portable", image_encoder=None, **NO_TEXT_ENCODER)
+    assert type(loaded.scheduler) is diffusers.DDIMScheduler
+    # diffusers keeps our extension keys in the file, so the swap back restores the whole config.
+    assert ddim_sched.DDIMScheduler.from_config(loaded.scheduler.config).config == ours.config
+
+
+# ---------------------------------------------------------------------------- hand-written loop
+
+
+@pytest.mark.parametrize("case", list(SD_CASES))
+def test_sd_loop_matches_diffusers(tiny_sd, parity, case):
+    overrides, kwargs, per_image = SD_CASES[case]
+    config = {**SD, **overrides}
+    results = []
+    for cls in (ddim_sched.DDIMScheduler, diffusers.DDIMScheduler):
+        results.append(
+            sd_loop.generate(
+                tiny_sd.unet,
+                tiny_sd.vae,
+                cls.from_config(config),
+                tiny_sd.prompt_embeds,
+                tiny_sd.negative_prompt_embeds,
+                num_inference_steps=STEPS,
+                generator=generators(per_image),
+                **kwargs,
+            )
+        )
+    parity(f"examples/sd_loop.py {case} (np)", *results)
+
+
+def test_sd_loop_is_what_the_pipeline_does(tiny_sd, parity):
+    # The hand-written loop reproduces StableDiffusionPipeline (same scheduler, same seed).
+    config = {**SD, **sd_loop.ZERO_SNR_OVERRIDES}
+    pipe = stable_diffusion_pipeline(tiny_sd.unet, tiny_sd.vae, diffusers.DDIMScheduler(**config))
+    reference = sd_call(tiny_sd, "np", True, eta=0.5, guidance_rescale=0.7)(pipe)
+    loop = sd_loop.generate(
+        tiny_sd.unet,
+        tiny_sd.vae,
+        diffusers.DDIMScheduler(**config),
+        tiny_sd.prompt_embeds,
+        tiny_sd.negative_prompt_embeds,
+        num_inference_steps=STEPS,
+        generator=generators(True),
+        eta=0.5,
+        guidance_rescale=0.7,
+    )
+    parity("examples/sd_loop.py vs StableDiffusionPipeline, both diffusers' scheduler", loop, reference)
+
+
+def requests(tiny_sd, arrivals=(0, 3)):
+    return [
+        sd_loop.Request(
+            tiny_sd.prompt_embeds[i : i + 1],
+            tiny_sd.negative_prompt_embeds[i : i + 1],
+            torch.Generator().manual_seed(10 + i),
+            arrival,
+        )
+        for i, arrival in enumerate(arrivals)
+    ]
+
+
+@pytest.mark.parametrize("case", ["sd", "zero_snr", "eta0.5_generators"])
+def test_per_sample_timesteps_batched_equal_separate_requests(tiny_sd, parity, case):
+    # Two requests at different denoising steps share every UNet call and every step() call (the
+    # timestep is a [B] int64 tensor); each must get the image diffusers gives it alone.
+    overrides, kwargs, _ = SD_CASES[case]
+    config = {**SD, **overrides}
+    ours = ddim_sched.DDIMScheduler.from_config(config)
+    batched = sd_loop.generate_staggered(
+        tiny_sd.unet, tiny_sd.vae, ours, requests(tiny_sd), num_inference_steps=STEPS, **kwargs
+    )
+    for i, request in enumerate(requests(tiny_sd)):
+        reference = diffusers.DDIMScheduler.from_config(config)
+        alone = sd_loop.generate(
+            tiny_sd.unet,
+            tiny_sd.vae,
+            reference,
+            request.prompt_embeds,
+            request.negative_prompt_embeds,
+            num_inference_steps=STEPS,
+            generator=request.generator,
+            **kwargs,
+        )
+        parity(f"examples/sd_loop.py staggered {case}, request {i} (arrives at tick {request.arrival})", batched[i], alone)
+
+
+def test_diffusers_step_rejects_per_sample_timesteps(tiny_sd):
+    # REFERENCE.md §4, issue #1784: why generate_staggered needs ddim_sched.
+    with pytest.raises(RuntimeError, match="ambiguous"):
+        sd_loop.generate_staggered(
+            tiny_sd.unet, tiny_sd.vae, diffusers.DDIMScheduler(**SD), requests(tiny_sd), num_inference_steps=4
+        )
+
+
+def test_sd_loop_script_runs(capsys):
+    sd_loop.main(["--steps", "4"])
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 3
+    errors = [float(line.rsplit(" ", 1)[1]) for line in lines]
+    assert all(np.isfinite(errors)) and max(errors) <= PARITY_RTOL[torch.float32], lines

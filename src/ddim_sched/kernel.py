@@ -133,10 +133,10 @@ def _column(coefficients: torch.Tensor, index: int, ndim: int) -> torch.Tensor:
     return column.reshape(column.shape + (1,) * (ndim - column.dim()) if column.dim() else (1,) * ndim)
 
 
-# Constant tensors per (dtype, device), created once: torch.addr's one-element second vector, and
-# a 0-d zero, so that c·t can be written torch.add(zero, t, alpha=c), which passes c as a scalar
-# argument instead of wrapping it in a new tensor as torch.mul(t, c) does (~1 µs per op).
-_CONSTANTS: dict[tuple[str, torch.dtype, torch.device], torch.Tensor] = {}
+# Constant tensors per (dtype, device), created once: a 0-d zero, so that c·t can be written
+# torch.add(zero, t, alpha=c), which passes c as a scalar argument instead of wrapping it in a new
+# tensor as torch.mul(t, c) does (~1 µs per op), and torch.addr's one-element second vector.
+_CONSTANTS: dict[tuple[torch.dtype, torch.device], tuple[torch.Tensor, torch.Tensor]] = {}
 
 # Below this many elements a step is bound by per-op overhead, not memory traffic: host-scalar
 # combinations then use two cheaper ops (scale, add_) instead of torch.addr and its reshapes.
@@ -146,39 +146,44 @@ FUSED_MIN_NUMEL = 1 << 15
 _FUSED_DTYPES = (torch.float32, torch.float64)
 
 
-def _constant(name: str, like: torch.Tensor) -> torch.Tensor:
-    """The cached ``"one"`` ([1]) or ``"zero"`` ([]) tensor of ``like``'s dtype and device."""
-    key = (name, like.dtype, like.device)
+def _constants(like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The cached (0-d zero, one-element one) tensors of ``like``'s dtype and device."""
+    key = (like.dtype, like.device)
     value = _CONSTANTS.get(key)
     if value is None:
-        value = torch.ones(1, dtype=like.dtype, device=like.device) if name == "one" else torch.zeros((), dtype=like.dtype, device=like.device)
-        _CONSTANTS[key] = value
+        value = _CONSTANTS[key] = (
+            torch.zeros((), dtype=like.dtype, device=like.device),
+            torch.ones(1, dtype=like.dtype, device=like.device),
+        )
     return value
 
 
 def _combine_host(
-    c: Sequence[float], terms: Sequence[tuple[int, int]], sources: Sequence[torch.Tensor], out: torch.Tensor | None = None
+    c: Sequence[float],
+    terms: Sequence[tuple[int, int]],
+    sources: Sequence[torch.Tensor],
+    constants: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> torch.Tensor:
-    """Σ c[j]·sources[s] over (j, s) in ``terms``, for Python-float coefficients ``c``, into ``out``
-    (a new tensor if None).
+    """Σ c[j]·sources[s] over (j, s) in ``terms`` as a new tensor, for Python-float coefficients.
 
     The first two tensors must be contiguous, of one float32/float64 dtype and shape. They take one
     fused ``β·a + α·b`` pass (``torch.addr(a, b, [1], beta=β, alpha=α)``, the one eager op that
     scales both operands); below FUSED_MIN_NUMEL elements, where dispatch overhead dominates, a
-    scale and an ``add_`` instead. Each further term: one in-place ``add_``.
+    scale (``torch.add(0, a, alpha=β)``: the scalar goes in as an argument, not a new tensor) and
+    an ``add_`` instead. Each further term: one in-place ``add_``. ``constants``: from
+    :func:`_constants` for the first tensor.
     """
-    (j0, s0), *rest = terms
+    j0, s0 = terms[0]
     t0 = sources[s0]
-    if rest and t0.numel() >= FUSED_MIN_NUMEL:
-        (j1, s1), *rest = rest
-        if out is None:
-            out = torch.empty_like(t0)
-        one = _constant("one", t0)
+    zero, one = constants or _constants(t0)
+    if len(terms) > 1 and t0.numel() >= FUSED_MIN_NUMEL:
+        j1, s1 = terms[1]
+        out = torch.empty_like(t0)
         torch.addr(t0.view(-1, 1), sources[s1].view(-1), one, beta=c[j0], alpha=c[j1], out=out.view(-1, 1))
-    elif out is None:
-        out = torch.add(_constant("zero", t0), t0, alpha=c[j0])
+        rest = terms[2:]
     else:
-        torch.add(_constant("zero", t0), t0, alpha=c[j0], out=out)
+        out = torch.add(zero, t0, alpha=c[j0])
+        rest = terms[1:]
     for j, s in rest:
         out.add_(sources[s], alpha=c[j])
     return out
@@ -311,7 +316,8 @@ def ddim_step(
     sources = [sample, model_output, None, noise]
 
     if host:
-        x0 = _combine_host(coefficients, x0_terms, sources)
+        constants = _constants(sample)
+        x0 = _combine_host(coefficients, x0_terms, sources, constants)
     else:
         ndim = sample.dim()
         # Clipping needs x̂0 in the compute dtype; otherwise it is written in the output dtype.
@@ -324,6 +330,9 @@ def ddim_step(
         dynamic_threshold_(x0, dynamic_thresholding_ratio, sample_max_value)
     sources[_X0] = x0
     if host:
-        return _combine_host(coefficients, prev_terms, sources).to(out_dtype), x0.to(out_dtype)
+        prev = _combine_host(coefficients, prev_terms, sources, constants)
+        if out_dtype == prev.dtype:
+            return prev, x0
+        return prev.to(out_dtype), x0.to(out_dtype)
     prev = _combine([(_column(coefficients, j, ndim), sources[s]) for j, s in prev_terms], out_dtype=out_dtype)
     return prev, x0.to(out_dtype)

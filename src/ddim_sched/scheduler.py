@@ -554,8 +554,14 @@ class DDIMScheduler:
             TypeError: Non-tensor or non-floating inputs, non-integer timesteps.
         """
         self._require_schedule()
-        _check_floating("model_output", model_output)
-        _check_floating("sample", sample)
+        if not (
+            isinstance(model_output, torch.Tensor)
+            and isinstance(sample, torch.Tensor)
+            and model_output.is_floating_point()
+            and sample.is_floating_point()
+        ):
+            _check_floating("model_output", model_output)
+            _check_floating("sample", sample)
         if model_output.shape != sample.shape:
             raise ValueError(
                 f"model_output and sample must have the same shape; got {tuple(model_output.shape)} "
@@ -582,15 +588,11 @@ class DDIMScheduler:
         if prev_timestep is None and not isinstance(eta, torch.Tensor):
             if (
                 isinstance(t, int)
-                and not _is_compiling()
                 and (
-                    sample.device.type == "cpu"  # the kernel converts other CPU inputs once
-                    or (
-                        model_output.dtype == sample.dtype == dtype
-                        and sample.is_contiguous()
-                        and model_output.is_contiguous()
-                    )
+                    (model_output.dtype == sample.dtype == dtype and sample.is_contiguous() and model_output.is_contiguous())
+                    or sample.device.type == "cpu"  # the kernel converts other CPU inputs once
                 )
+                and not _is_compiling()
             ):
                 coefficients = self._host_coefficients(eta)[t]
             else:

@@ -180,6 +180,47 @@ def test_host_path_at_a_real_size(clip, eta):
     assert rel_l2(prev, prev_ref) <= EXACT_RTOL[torch.float32]
 
 
+@pytest.mark.parametrize(
+    "prediction_type,clip,use_clipped,eta,destination",
+    [case + (d,) for case in CASES for d in ("new", "sample", "model_output", "noise") if case[3] > 0 or d != "noise"],
+)
+def test_out_writes_x_prev_into_any_input(prediction_type, clip, use_clipped, eta, destination, host_path):
+    # out= may be one of the step's own inputs: each term that reads it runs before it is overwritten.
+    x, m, z = _inputs(SHAPE, torch.float32)
+    noise = z if eta > 0 else None
+    prev_ref, x0_ref = reference_step(m, x, 0.3, 0.7, eta, prediction_type, clip, use_clipped, noise)
+    c64 = ddim_coefficients(torch.tensor(0.3, dtype=torch.float64), torch.tensor(0.7, dtype=torch.float64), eta, prediction_type)
+    kw = dict(clip=clip, use_clipped_model_output=use_clipped, dynamic_thresholding_ratio=0.9, sample_max_value=3.0)
+    for coefficients in (c64.tolist(), c64.float().expand(SHAPE[0], -1)):
+        inputs = {"sample": x.clone(), "model_output": m.clone(), "noise": None if noise is None else noise.clone()}
+        out = torch.empty_like(x) if destination == "new" else inputs[destination]
+        prev, x0 = ddim_step(inputs["model_output"], inputs["sample"], coefficients, prediction_type, noise=inputs["noise"], out=out, **kw)
+        assert prev is out
+        assert rel_l2(prev, prev_ref) <= EXACT_RTOL[torch.float32]
+        assert rel_l2(x0, x0_ref) <= EXACT_RTOL[torch.float32]
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float64])
+def test_out_in_place_for_other_dtypes(dtype):
+    x, m, _ = _inputs(SHAPE, dtype)
+    prev_ref, _ = reference_step(m, x, 0.3, 0.7, 0.0, "v_prediction", "clip", False, None)
+    c64 = ddim_coefficients(torch.tensor(0.3, dtype=torch.float64), torch.tensor(0.7, dtype=torch.float64), 0.0, "v_prediction")
+    sample = x.clone()
+    prev, _ = ddim_step(m, sample, c64.tolist(), "v_prediction", clip="clip", out=sample)
+    assert prev is sample and prev.dtype == dtype
+    assert rel_l2(prev, prev_ref) <= EXACT_RTOL[dtype]
+
+
+def test_out_of_another_shape_or_dtype_is_rejected():
+    scheduler = DDIMScheduler()
+    scheduler.set_timesteps(10)
+    x = torch.zeros(2, 4)
+    with pytest.raises(ValueError, match="out"):
+        scheduler.step(x, 500, x, out=torch.zeros(2, 5))
+    with pytest.raises(ValueError, match="out"):
+        scheduler.step(x, 500, x, out=x.double())
+
+
 @pytest.mark.parametrize("layout", ["channels_last", "transposed", "mixed_dtype"])
 def test_inputs_the_fused_path_cannot_take_fall_back_correctly(layout):
     x, m, z = _inputs((2, 4, 40, 40), torch.float32)
@@ -267,18 +308,25 @@ def _allocated_bytes(fn) -> int:
 
 
 @pytest.mark.parametrize(
-    "timestep,eta,clip",
-    [(500, 0.0, False), (500, 1.0, True), ("tensor", 0.0, False), ("tensor", "tensor", True)],
-    ids=["host", "host-eta-clip", "per-sample", "per-sample-eta-clip"],
+    "timestep,eta,clip,in_place",
+    [
+        (500, 0.0, False, False),
+        (500, 1.0, True, False),
+        (500, 0.0, False, True),
+        ("tensor", 0.0, False, False),
+        ("tensor", "tensor", True, False),
+        ("tensor", 0.0, True, True),
+    ],
+    ids=["host", "host-eta-clip", "host-in-place", "per-sample", "per-sample-eta-clip", "per-sample-in-place"],
 )
-def test_step_allocates_only_its_outputs(timestep, eta, clip):
+def test_step_allocates_only_its_outputs(timestep, eta, clip, in_place):
     scheduler = DDIMScheduler(clip_sample=clip)
     scheduler.set_timesteps(10)
     x, m, z = _inputs((4, 4, 64, 64), torch.float32)
     timestep = torch.tensor([900, 500, 100, 0]) if timestep == "tensor" else timestep
     eta = torch.tensor([0.0, 1.0, 0.5, 1.0]) if eta == "tensor" else eta
-    step = lambda: scheduler.step(m, timestep, x, eta=eta, variance_noise=z)  # noqa: E731
+    step = lambda: scheduler.step(m, timestep, x, eta=eta, variance_noise=z, out=x if in_place else None)  # noqa: E731
     step()  # build the cached tables
-    outputs = 2 * x.numel() * x.element_size()
+    outputs = (1 if in_place else 2) * x.numel() * x.element_size()  # in place: x̂0 only
     allocated = _allocated_bytes(step)
     assert outputs <= allocated <= outputs + 4096, allocated - outputs

@@ -163,8 +163,10 @@ def _combine_host(
     terms: Sequence[tuple[int, int]],
     sources: Sequence[torch.Tensor],
     constants: tuple[torch.Tensor, torch.Tensor] | None = None,
+    out: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Σ c[j]·sources[s] over (j, s) in ``terms`` as a new tensor, for Python-float coefficients.
+    """Σ c[j]·sources[s] over (j, s) in ``terms``, for Python-float coefficients, as a new tensor or
+    into ``out`` (contiguous, the terms' dtype; it may be the first term's tensor).
 
     The first two tensors must be contiguous, of one float32/float64 dtype and shape. They take one
     fused ``β·a + α·b`` pass (``torch.addr(a, b, [1], beta=β, alpha=α)``, the one eager op that
@@ -178,11 +180,12 @@ def _combine_host(
     zero, one = constants or _constants(t0)
     if len(terms) > 1 and t0.numel() >= FUSED_MIN_NUMEL:
         j1, s1 = terms[1]
-        out = torch.empty_like(t0)
+        if out is None:
+            out = torch.empty_like(t0)
         torch.addr(t0.view(-1, 1), sources[s1].view(-1), one, beta=c[j0], alpha=c[j1], out=out.view(-1, 1))
         rest = terms[2:]
     else:
-        out = torch.add(zero, t0, alpha=c[j0])
+        out = torch.add(zero, t0, alpha=c[j0], out=out)
         rest = terms[1:]
     for j, s in rest:
         out.add_(sources[s], alpha=c[j])
@@ -193,9 +196,11 @@ def _combine(
     terms: Sequence[tuple[Coefficient, torch.Tensor]],
     dtype: torch.dtype | None = None,
     out_dtype: torch.dtype | None = None,
+    out: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Σ cᵢ·tᵢ as a new tensor, computed in ``dtype`` (default: the promoted dtype of the terms)
-    and returned in ``out_dtype`` (default: the compute dtype).
+    and returned in ``out_dtype`` (default: the compute dtype); or written into ``out`` (any
+    layout and dtype; it may be the first term's tensor).
 
     Python-float coefficients take :func:`_combine_host` when the tensors allow it. Tensor
     coefficients (broadcastable over the terms): a multiply, then ``addcmul_`` in place; the last
@@ -218,18 +223,28 @@ def _combine(
         ones = (1,) * t0.dim()
         terms = [(torch.tensor(c, dtype=compute, device=t0.device).reshape(ones), t) for c, t in terms]
         (c0, t0), *rest = terms
+    if out is not None and out.dtype != torch.promote_types(t0.dtype, c0.dtype):
+        # A lower-precision destination: compute, then one rounding copy.
+        return out.copy_(_combine(terms, dtype))
     if not rest:
-        out = torch.mul(t0, c0)
-        return out if out_dtype in (None, out.dtype) else out.to(out_dtype)
+        product = torch.mul(t0, c0, out=out)
+        return product if out is not None or out_dtype in (None, product.dtype) else product.to(out_dtype)
     *middle, (c_last, t_last) = rest
-    partial = torch.mul(t0, c0)
+    partial = torch.mul(t0, c0, out=out)
     for c, t in middle:
         partial.addcmul_(t, c)
-    if out_dtype in (None, partial.dtype):
+    if out is not None or out_dtype in (None, partial.dtype):
         return partial.addcmul_(t_last, c_last)
     shape = torch.broadcast_shapes(partial.shape, t_last.shape)
-    out = torch.empty(shape, dtype=out_dtype, device=partial.device)
-    return torch.addcmul(partial, t_last, c_last, out=out)
+    result = torch.empty(shape, dtype=out_dtype, device=partial.device)
+    return torch.addcmul(partial, t_last, c_last, out=result)
+
+
+def _same_memory(a: torch.Tensor | None, b: torch.Tensor) -> bool:
+    """Whether ``a`` is ``b`` or a view of exactly the same elements."""
+    return a is b or (
+        a is not None and a.data_ptr() == b.data_ptr() and a.shape == b.shape and a.stride() == b.stride()
+    )
 
 
 # Which coefficient multiplies which tensor: 0 = x_t, 1 = m, 2 = x̂0 (clipped), 3 = z.
@@ -271,6 +286,7 @@ def ddim_step(
     sample_max_value: float = 1.0,
     use_clipped_model_output: bool = False,
     noise: torch.Tensor | None = None,
+    out: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One DDIM update (eq. 12) from precomputed coefficients.
 
@@ -285,9 +301,12 @@ def ddim_step(
         clip_sample_range, dynamic_thresholding_ratio, sample_max_value: as in the config.
         use_clipped_model_output: Re-derive ε̂ from the clipped x̂0.
         noise: z, [B, ...], or None for a deterministic step (σ must then be 0 or ignored).
+        out: Where to write x_prev: a tensor of the sample's shape and dtype, which may be
+            ``sample`` itself (an in-place step: on the CPU it saves one of the eight memory
+            transfers per element a step makes) or any other input; None for a new tensor.
 
     Returns:
-        (x_prev, x̂0), both new tensors of the sample's dtype. Memory: besides the two outputs, a
+        (x_prev, x̂0) of the sample's dtype: x_prev is ``out`` when given, x̂0 a new tensor. Memory: besides the two outputs, a
         step allocates O(B) coefficients only, unless the inputs are half precision (float32
         intermediates, cast once at the end) or thresholding is on (an |x̂0| scratch tensor and
         the top-k values for the quantile).
@@ -314,6 +333,14 @@ def ddim_step(
             coefficients = torch.tensor(coefficients, dtype=compute, device=sample.device)
             host = False
     sources = [sample, model_output, None, noise]
+    if out is not None:
+        if not isinstance(out, torch.Tensor) or out.shape != sample.shape or out.dtype != out_dtype:
+            raise ValueError(
+                f"out must be a tensor of the sample's shape {tuple(sample.shape)} and dtype {out_dtype}; "
+                f"got {getattr(out, 'shape', out)!r} of dtype {getattr(out, 'dtype', None)}"
+            )
+        # x_prev's terms that read the destination first, so each is read before it is overwritten.
+        prev_terms = tuple(sorted(prev_terms, key=lambda term: not _same_memory(sources[term[1]], out)))
 
     if host:
         constants = _constants(sample)
@@ -330,9 +357,12 @@ def ddim_step(
         dynamic_threshold_(x0, dynamic_thresholding_ratio, sample_max_value)
     sources[_X0] = x0
     if host:
-        prev = _combine_host(coefficients, prev_terms, sources, constants)
-        if out_dtype == prev.dtype:
+        direct = out is not None and out.dtype == sample.dtype and out.is_contiguous()
+        prev = _combine_host(coefficients, prev_terms, sources, constants, out if direct else None)
+        if out is not None and not direct:
+            prev = out.copy_(prev)
+        if out_dtype == x0.dtype:
             return prev, x0
         return prev.to(out_dtype), x0.to(out_dtype)
-    prev = _combine([(_column(coefficients, j, ndim), sources[s]) for j, s in prev_terms], out_dtype=out_dtype)
+    prev = _combine([(_column(coefficients, j, ndim), sources[s]) for j, s in prev_terms], out_dtype=out_dtype, out=out)
     return prev, x0.to(out_dtype)

@@ -517,6 +517,7 @@ class DDIMScheduler:
         variance_noise: torch.Tensor | None = None,
         return_dict: bool = True,
         prev_timestep: int | torch.Tensor | None = None,
+        out: torch.Tensor | None = None,
     ) -> DDIMSchedulerOutput | tuple[torch.Tensor, torch.Tensor]:
         """Step from ``timestep`` to the previous (less noisy) timestep: DDIM eq. 12.
 
@@ -537,10 +538,13 @@ class DDIMScheduler:
             return_dict: Return a :class:`DDIMSchedulerOutput` (True) or a tuple.
             prev_timestep: The timestep to land on, overriding the config's ``prev_timestep_rule``:
                 an int or a [B] tensor; negative means past the last step (ᾱ = final_alpha_cumprod).
+            out: A tensor of the sample's shape and dtype to write x_prev into; ``out=sample``
+                steps in place (on the CPU one memory transfer fewer per element of the eight a
+                step makes, ~15% on large latents). The default None returns a new tensor.
 
         Returns:
-            (x_prev, x̂0), new tensors of the sample's dtype (computed in float32 for half
-            precision, float64 for float64), as DDIMSchedulerOutput or tuple.
+            (x_prev, x̂0) of the sample's dtype (computed in float32 for half precision, float64
+            for float64), as DDIMSchedulerOutput or tuple; x_prev is ``out`` when given.
 
         Sync-free: with tensor timesteps on the sample's device, the step gathers its coefficients
         from tables cached on that device (built by the first step there) and never reads a value
@@ -550,7 +554,7 @@ class DDIMScheduler:
         Raises:
             ValueError: set_timesteps not called; shapes differ; timestep or prev_timestep out of
                 range; eta < 0; both generator and variance_noise; a timestep with ᾱ = 0 under
-                epsilon prediction.
+                epsilon prediction; ``out`` of another shape or dtype than the sample.
             TypeError: Non-tensor or non-floating inputs, non-integer timesteps.
         """
         self._require_schedule()
@@ -637,6 +641,7 @@ class DDIMScheduler:
             sample_max_value=config.sample_max_value,
             use_clipped_model_output=use_clipped_model_output,
             noise=noise,
+            out=out,
         )
         if self._first_timestep is None:
             self._first_timestep = timestep

@@ -22,7 +22,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import LARGE, SMALL, Timer, fmt_us, inputs, machine, schedulers  # noqa: E402
+from common import CLIP_MODES, LARGE, SD_CONFIG, SMALL, Timer, fmt_us, inputs, machine, schedulers  # noqa: E402
 
 
 def rel_l2(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -113,6 +113,23 @@ def main() -> None:
         f"one scalar timestep {fmt_us(scalar)} µs, ratio {per_sample / scalar:.2f}"
     )
 
+    # out=sample: x_prev written in place. v-prediction keeps repeated in-place steps bounded.
+    import ddim_sched
+
+    ours = ddim_sched.DDIMScheduler(**{**SD_CONFIG, **CLIP_MODES["off"]}, prediction_type="v_prediction")
+    ours.set_timesteps(50)
+    x, m, _ = inputs(LARGE, torch.float32)
+    buf = x.clone()
+    t = int(ours.timesteps[25])
+    timer = Timer(rounds=rounds)
+    timer.run({"new": lambda: ours.step(m, t, x), "in_place": lambda: ours.step(m, t, buf, out=buf)})
+    fl = floors[(LARGE, torch.float32)]
+    in_place, new = timer.best("in_place"), timer.best("new")
+    print(
+        f"\nIn place (out=sample), {'×'.join(map(str, LARGE))} fp32 η=0: {fmt_us(in_place)} µs ({in_place / fl:.2f}× floor); "
+        f"new outputs {fmt_us(new)} µs ({new / fl:.2f}× floor)"
+    )
+
     if args.compile:
         _, ours = schedulers("off")
         step = torch.compile(ours.step, fullgraph=True)
@@ -137,6 +154,7 @@ def main() -> None:
     checks = [
         ("small fp32 η=0: ddim_sched <= 1/4 of diffusers", small[1] / small[0], small[1] / small[0] <= 0.25),
         ("large fp32 η=0: <= 1.5 × floor", large[1] / fl, large[1] / fl <= 1.5),
+        ("  the same with out=sample (in place)", in_place / fl, in_place / fl <= 1.5),
         ("large fp32 η=0: <= 1/3 of diffusers", large[1] / large[0], large[1] / large[0] <= 1 / 3),
         (
             "thresholding 16×4×128×128: >= 3× faster, equal results",

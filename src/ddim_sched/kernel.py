@@ -20,17 +20,19 @@ the two outputs.
 
 Passes over memory. Coefficients come in two forms:
 
-* host scalars (a sequence of Python floats, used when the timestep is a Python int): each output
-  is one fused ``β·a + α·b`` kernel (``torch.addr`` against a one-element vector, the only eager
-  torch op that scales both operands), so an unclipped step reads x_t and m twice and writes each
-  output once; clipping adds one in-place pass over x̂0.
-* device tensors ([K] or per-sample [B, K], used for tensor timesteps, η tensors and explicit
+* host scalars (a sequence of Python floats; the scheduler uses them when the timestep is a Python
+  int or a one-element CPU tensor): each output is one fused ``β·a + α·b`` kernel (``torch.addr``
+  against a one-element vector, the only eager torch op that scales both operands), so an
+  unclipped step reads x_t and m twice and writes each output once; clipping adds one in-place
+  pass over x̂0. ``out=sample`` writes x_prev in place.
+* device tensors ([K] or per-sample [B, K]; for tensor timesteps, η tensors and explicit
   successors): one multiply and one in-place ``addcmul_`` per output. No host sync: the
-  coefficients are never read on the host. Under ``torch.compile`` this path fuses into a single
+  coefficients are never read on the host. Under ``torch.compile`` the step fuses into a single
   kernel that reads x_t and m once and writes both outputs once.
 
-Dtype rule: the arithmetic runs in float64 for float64 samples and in float32 otherwise (float16
-and bfloat16 included, upcast inside the ops); outputs have the sample's dtype.
+Dtype rule: the arithmetic runs in float64 for float64 samples and in float32 otherwise; outputs
+have the sample's dtype. Half-precision inputs are converted once on the CPU (whose kernels would
+convert them inside every op anyway), inside the kernels elsewhere.
 """
 
 from __future__ import annotations
@@ -141,8 +143,8 @@ _CONSTANTS: dict[tuple[torch.dtype, torch.device], tuple[torch.Tensor, torch.Ten
 # Below this many elements a step is bound by per-op overhead, not memory traffic: host-scalar
 # combinations then use two cheaper ops (scale, add_) instead of torch.addr and its reshapes.
 FUSED_MIN_NUMEL = 1 << 15
-# Host-scalar coefficients need both inputs contiguous and of one of these dtypes; half inputs need
-# float32 arithmetic, which the tensor path's float32 coefficients give them.
+# Host-scalar coefficients need both inputs contiguous and of one of these dtypes (others are
+# converted on the CPU; elsewhere the coefficients become a tensor).
 _FUSED_DTYPES = (torch.float32, torch.float64)
 
 

@@ -251,16 +251,18 @@ def _same_memory(a: torch.Tensor | None, b: torch.Tensor) -> bool:
 
 # Which coefficient multiplies which tensor: 0 = x_t, 1 = m, 2 = x̂0 (clipped), 3 = z.
 _X, _M, _X0, _Z = range(4)
-_PLANS: dict[tuple[str, bool, bool, bool], tuple[tuple[tuple[int, int], ...], tuple[tuple[int, int], ...]]] = {}
+_Terms = tuple[tuple[int, int], ...]
+_PLANS: dict[tuple[str, bool, bool, bool], tuple[_Terms, _Terms]] = {}
 
 
-def _plan(prediction_type: str, clipped: bool, use_clipped: bool, noisy: bool) -> tuple[tuple[tuple[int, int], ...], ...]:
+def _plan(prediction_type: str, clipped: bool, use_clipped: bool, noisy: bool) -> tuple[_Terms, _Terms]:
     """(x̂0 terms, x_prev terms) as (coefficient column, tensor) pairs, structural zeros dropped."""
     key = (prediction_type, clipped, use_clipped, noisy)
     plan = _PLANS.get(key)
     if plan is None:
         if prediction_type not in STRUCTURAL_ZEROS:
-            raise ValueError(f"prediction_type must be one of {', '.join(map(repr, STRUCTURAL_ZEROS))}; got {prediction_type!r}")
+            accepted = ", ".join(map(repr, STRUCTURAL_ZEROS))
+            raise ValueError(f"prediction_type must be one of {accepted}; got {prediction_type!r}")
         zeros = STRUCTURAL_ZEROS[prediction_type]
         x0 = [("x0_x", _X), ("x0_m", _M)]
         if not clipped:
@@ -308,10 +310,10 @@ def ddim_step(
             transfers per element a step makes) or any other input; None for a new tensor.
 
     Returns:
-        (x_prev, x̂0) of the sample's dtype: x_prev is ``out`` when given, x̂0 a new tensor. Memory: besides the two outputs, a
-        step allocates O(B) coefficients only, unless the inputs are half precision (float32
-        intermediates, cast once at the end) or thresholding is on (an |x̂0| scratch tensor and
-        the top-k values for the quantile).
+        (x_prev, x̂0) of the sample's dtype: x_prev is ``out`` when given, x̂0 a new tensor.
+        Memory: besides the outputs, a step allocates O(B) coefficients only, unless the inputs
+        are half precision (float32 working copies) or thresholding is on (an |x̂0| scratch
+        tensor and the top-k values for the quantile).
     """
     if clip not in ("none", "clip", "threshold"):
         raise ValueError(f"clip must be one of 'none', 'clip', 'threshold'; got {clip!r}")
@@ -351,7 +353,8 @@ def ddim_step(
         ndim = sample.dim()
         # Clipping needs x̂0 in the compute dtype; otherwise it is written in the output dtype.
         x0 = _combine(
-            [(_column(coefficients, j, ndim), sources[s]) for j, s in x0_terms], out_dtype=None if clipped else out_dtype
+            [(_column(coefficients, j, ndim), sources[s]) for j, s in x0_terms],
+            out_dtype=None if clipped else out_dtype,
         )
     if clip == "clip":
         x0.clamp_(-clip_sample_range, clip_sample_range)

@@ -102,3 +102,18 @@ def test_sampling_loop_in_one_cuda_graph(dtype):
     graph.replay()
     assert torch.equal(static_out, _loop(scheduler, -x, timesteps))
     assert rel_l2(eager, _cpu_reference(config, x)) <= PARITY_RTOL[dtype]
+
+
+def test_compiled_step_on_a_fresh_scheduler_equals_eager():
+    """The first call under torch.compile builds the device tables while tracing (no pinned memory)."""
+    config = dict(clip_sample=False, prediction_type="v_prediction")
+    x = torch.randn(2, 4, 16, 16, device="cuda", generator=torch.Generator("cuda").manual_seed(0))
+    eager, fresh = DDIMScheduler(**config), DDIMScheduler(**config)
+    for scheduler in (eager, fresh):
+        scheduler.set_timesteps(10, device="cuda")
+    compiled = torch.compile(fresh.step, fullgraph=True)
+    y_eager, y_compiled = x, x
+    for t in eager.timesteps:
+        y_eager = eager.step(dummy_model(y_eager, t), t, y_eager).prev_sample
+        y_compiled = compiled(dummy_model(y_compiled, t), t, y_compiled).prev_sample
+    assert rel_l2(y_compiled, y_eager) <= PARITY_RTOL[torch.float32]

@@ -56,7 +56,7 @@ _compiler_is_compiling = getattr(getattr(torch, "compiler", None), "is_compiling
 
 def _to_device(table: torch.Tensor, device: torch.device) -> torch.Tensor:
     """Copy a CPU table to ``device``; to CUDA through pinned memory, without blocking the host."""
-    if device.type == "cuda":
+    if device.type == "cuda" and not _is_compiling():  # tracing cannot pin memory
         return table.pin_memory().to(device, non_blocking=True)
     return table.to(device)
 

@@ -89,7 +89,7 @@ def _trained_betas(value: Any, num_train_timesteps: int) -> tuple[float, ...]:
     bad = ~((array > 0) & (array <= 1))
     if bad.any():
         index = int(np.flatnonzero(bad)[0])
-        raise ValueError(f"trained_betas must lie in (0, 1]; got trained_betas[{index}] = {array[index]!r}")
+        raise ValueError(f"trained_betas must lie in (0, 1]; got trained_betas[{index}] = {float(array[index])!r}")
     return tuple(float(b) for b in array)
 
 

@@ -20,7 +20,15 @@ from ddim_sched.config import DIFFUSERS_FIELDS
 # diffusers logs through its own logger; keep the test output readable.
 logging.getLogger("diffusers").setLevel(logging.ERROR)
 
-__all__ = ["diffusers_scheduler", "exact_scheduler", "float64_betas", "dummy_model", "randn_tensor"]
+__all__ = [
+    "closed_form_step",
+    "diffusers_scheduler",
+    "dummy_model",
+    "exact_scheduler",
+    "exact_step",
+    "float64_betas",
+    "randn_tensor",
+]
 
 
 def diffusers_fields(config: dict[str, Any]) -> dict[str, Any]:
@@ -78,3 +86,52 @@ def exact_scheduler(config: dict[str, Any]) -> diffusers.DDIMScheduler:
 def dummy_model(sample: torch.Tensor, t: int | torch.Tensor) -> torch.Tensor:
     """diffusers' scheduler-test model m(x, t) = x · t / (t + 1) (REFERENCE.md §5)."""
     return sample * t / (t + 1)
+
+
+def closed_form_step(
+    scheduler: diffusers.DDIMScheduler,
+    model_output: torch.Tensor,
+    timestep: int,
+    sample: torch.Tensor,
+    eta: float = 0.0,
+    use_clipped_model_output: bool = False,
+    variance_noise: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """DDIM eq. 12 written from REFERENCE.md §1 on ``scheduler``'s tables, with √(1 − ᾱ_prev − σ²)
+    taken as 0 where rounding makes its argument negative.
+
+    diffusers' step takes the square root of that rounding and returns NaN when σ² = 1 − ᾱ_prev,
+    which is exact at ᾱ_t = 0 and η = 1 (zero terminal SNR, DDPM); this is the fallback reference.
+    """
+    config = scheduler.config
+    prev = timestep - config.num_train_timesteps // scheduler.num_inference_steps
+    a_t = scheduler.alphas_cumprod[timestep].item()
+    a_prev = (scheduler.alphas_cumprod[prev] if prev >= 0 else scheduler.final_alpha_cumprod).item()
+    x, m = sample, model_output
+    if config.prediction_type == "epsilon":
+        x0, eps = (x - math.sqrt(1 - a_t) * m) / math.sqrt(a_t), m
+    elif config.prediction_type == "sample":
+        x0, eps = m, (x - math.sqrt(a_t) * m) / math.sqrt(1 - a_t)
+    else:
+        x0, eps = math.sqrt(a_t) * x - math.sqrt(1 - a_t) * m, math.sqrt(a_t) * m + math.sqrt(1 - a_t) * x
+    if config.thresholding:
+        x0 = scheduler._threshold_sample(x0)
+    elif config.clip_sample:
+        x0 = x0.clamp(-config.clip_sample_range, config.clip_sample_range)
+    if use_clipped_model_output:
+        eps = (x - math.sqrt(a_t) * x0) / math.sqrt(1 - a_t)
+    sigma = eta * math.sqrt((1 - a_prev) / (1 - a_t) * (1 - a_t / a_prev))
+    prev_sample = math.sqrt(a_prev) * x0 + math.sqrt(max(1 - a_prev - sigma**2, 0.0)) * eps
+    if eta > 0 and variance_noise is not None:
+        prev_sample = prev_sample + sigma * variance_noise
+    return prev_sample, x0
+
+
+def exact_step(scheduler: diffusers.DDIMScheduler, model_output, timestep, sample, **kwargs):
+    """diffusers' step on an :func:`exact_scheduler` (float64 inputs), or :func:`closed_form_step`
+    where diffusers' own code returns non-finite values. Returns ((prev_sample, x̂0), fell_back)."""
+    out = scheduler.step(model_output, timestep, sample, **kwargs)
+    if torch.isfinite(out.prev_sample).all() and torch.isfinite(out.pred_original_sample).all():
+        return (out.prev_sample, out.pred_original_sample), False
+    kwargs.pop("generator", None)
+    return closed_form_step(scheduler, model_output, int(timestep), sample, **kwargs), True

@@ -97,11 +97,11 @@ def closed_form_step(
     use_clipped_model_output: bool = False,
     variance_noise: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """DDIM eq. 12 written from REFERENCE.md §1 on ``scheduler``'s tables, with √(1 − ᾱ_prev − σ²)
-    taken as 0 where rounding makes its argument negative.
+    """DDIM eq. 12 written from REFERENCE.md §1 on ``scheduler``'s tables (diffusers' stride rule for ᾱ_prev).
 
-    diffusers' step takes the square root of that rounding and returns NaN when σ² = 1 − ᾱ_prev,
-    which is exact at ᾱ_t = 0 and η = 1 (zero terminal SNR, DDPM); this is the fallback reference.
+    The direction coefficient √(1 − ᾱ_prev − σ²) is evaluated without cancellation, as
+    √((1 − ᾱ_prev)/(1 − ᾱ_t) · ((1 − η²)(1 − ᾱ_t/ᾱ_prev) + ᾱ_t/ᾱ_prev · (1 − ᾱ_prev))): diffusers subtracts,
+    and near ᾱ_t = 0 at η = 1 takes the square root of a rounding error (NaN when it is negative).
     """
     config = scheduler.config
     prev = timestep - config.num_train_timesteps // scheduler.num_inference_steps
@@ -121,17 +121,26 @@ def closed_form_step(
     if use_clipped_model_output:
         eps = (x - math.sqrt(a_t) * x0) / math.sqrt(1 - a_t)
     sigma = eta * math.sqrt((1 - a_prev) / (1 - a_t) * (1 - a_t / a_prev))
-    prev_sample = math.sqrt(a_prev) * x0 + math.sqrt(max(1 - a_prev - sigma**2, 0.0)) * eps
+    ratio = a_t / a_prev
+    direction = math.sqrt((1 - a_prev) / (1 - a_t) * ((1 - eta**2) * (1 - ratio) + ratio * (1 - a_prev)))
+    prev_sample = math.sqrt(a_prev) * x0 + direction * eps
     if eta > 0 and variance_noise is not None:
         prev_sample = prev_sample + sigma * variance_noise
     return prev_sample, x0
 
 
 def exact_step(scheduler: diffusers.DDIMScheduler, model_output, timestep, sample, **kwargs):
-    """diffusers' step on an :func:`exact_scheduler` (float64 inputs), or :func:`closed_form_step`
-    where diffusers' own code returns non-finite values. Returns ((prev_sample, x̂0), fell_back)."""
+    """The float64 reference step on an :func:`exact_scheduler`, for float64 inputs.
+
+    Returns ((prev_sample, x̂0) from :func:`closed_form_step`, diffusers_failed). The closed form is
+    checked against diffusers' own step on the same float64 tables (to 1e-6, which allows for
+    diffusers' cancellation); diffusers_failed says that diffusers' step returned non-finite values.
+    """
+    truth = closed_form_step(scheduler, model_output, int(timestep), sample, **kwargs)
     out = scheduler.step(model_output, timestep, sample, **kwargs)
-    if torch.isfinite(out.prev_sample).all() and torch.isfinite(out.pred_original_sample).all():
-        return (out.prev_sample, out.pred_original_sample), False
-    kwargs.pop("generator", None)
-    return closed_form_step(scheduler, model_output, int(timestep), sample, **kwargs), True
+    if not (torch.isfinite(out.prev_sample).all() and torch.isfinite(out.pred_original_sample).all()):
+        return truth, True
+    for got, expected in zip((out.prev_sample, out.pred_original_sample), truth):
+        error = float((got - expected).norm() / expected.norm().clamp(min=1e-30))
+        assert error <= 1e-6, f"closed form and diffusers' float64 step differ by {error:.2e}"
+    return truth, False

@@ -101,9 +101,10 @@ def test_exact_prediction_recovers_x0_and_lands_on_the_forward_marginal(case, da
 @settings(max_examples=80, **HYPOTHESIS)
 @given(case=schedules(), data=st.data())
 def test_eta_one_is_the_ddpm_posterior(case, data):
-    """η = 1: the step is the DDPM posterior q(x_prev | x_t, x0) of the spaced process,
-    mean √ᾱ_prev·β̃/(1−ᾱ_t)·x0 + √α̃·(1−ᾱ_prev)/(1−ᾱ_t)·x_t with α̃ = ᾱ_t/ᾱ_prev, β̃ = 1 − α̃, and variance
-    σ² = (1−ᾱ_prev)/(1−ᾱ_t)·(1−ᾱ_t/ᾱ_prev), read off via the linearity of the step in variance_noise."""
+    """η = 1: the step is the DDPM posterior q(x_prev | x_t, x0) of the spaced process, with
+    α̃ = ᾱ_t/ᾱ_prev and β̃ = 1 − α̃:
+    mean √ᾱ_prev·β̃/(1−ᾱ_t)·x0 + √α̃·(1−ᾱ_prev)/(1−ᾱ_t)·x_t,
+    variance σ² = (1−ᾱ_prev)/(1−ᾱ_t)·(1−ᾱ_t/ᾱ_prev), read off via the step's linearity in variance_noise."""
     config, S = case
     seed = data.draw(st.integers(0, 2**20), label="seed")
     scheduler = DDIMScheduler(**config, prediction_type="sample")  # x0 given exactly: defined at ᾱ = 0 too
@@ -157,8 +158,9 @@ def test_per_sample_timesteps_equal_stepping_each_sample_alone():
     batched = scheduler.step(m, timesteps, x, eta=0.7, variance_noise=z)
     for i, t in enumerate(timesteps.tolist()):
         alone = scheduler.step(m[i : i + 1], t, x[i : i + 1], eta=0.7, variance_noise=z[i : i + 1])
-        assert torch.allclose(batched.prev_sample[i : i + 1], alone.prev_sample, rtol=1e-12, atol=1e-14)
-        assert torch.allclose(batched.pred_original_sample[i : i + 1], alone.pred_original_sample, rtol=1e-12, atol=1e-14)
+        for name in ("prev_sample", "pred_original_sample"):
+            together, single = getattr(batched, name)[i : i + 1], getattr(alone, name)
+            assert torch.allclose(together, single, rtol=1e-12, atol=1e-14), name
 
 
 # --------------------------------------------------------------------------------------- zero SNR
@@ -405,3 +407,25 @@ def test_table_attributes_match_diffusers(config):
     assert ours.init_noise_sigma == reference.init_noise_sigma and ours.order == reference.order
     assert len(ours) == len(reference)
     assert ddim_sched.DDIMScheduler is DDIMScheduler
+
+
+def test_eta_one_at_zero_snr_is_exact_in_float64():
+    """At ᾱ_t = 0 and η = 1, σ² = 1 − ᾱ_prev exactly and the direction term vanishes; subtracting the two
+    would leave √(rounding error) ≈ 1e-8 in float64 (diffusers: up to NaN). Regression for ddim_sched."""
+    scheduler = DDIMScheduler(
+        num_train_timesteps=11,
+        rescale_betas_zero_snr=True,
+        timestep_spacing="linspace",
+        clip_sample=False,
+        set_alpha_to_one=False,
+        prediction_type="sample",
+    )
+    scheduler.set_timesteps(2)
+    t = scheduler.timesteps[0].item()
+    assert t == 10 and scheduler.alpha_bar[t].item() == 0.0
+    a_prev = alpha_bar_prev(scheduler, t)
+    generator = torch.Generator().manual_seed(0)
+    x0, x_t = (torch.randn((2,) + ITEM_SHAPE, generator=generator, dtype=torch.float64) for _ in range(2))
+    out = scheduler.step(x0, t, x_t, eta=1.0, variance_noise=torch.zeros_like(x_t))
+    # DDPM posterior mean at ᾱ_t = 0: √ᾱ_prev·x0 (the x_t term has weight √(ᾱ_t/ᾱ_prev) = 0)
+    assert rel_l2(out.prev_sample, math.sqrt(a_prev) * x0) <= 1e-14

@@ -84,8 +84,12 @@ def exact_scheduler(config: dict[str, Any]) -> diffusers.DDIMScheduler:
 
 
 def dummy_model(sample: torch.Tensor, t: int | torch.Tensor) -> torch.Tensor:
-    """diffusers' scheduler-test model m(x, t) = x · t / (t + 1) (REFERENCE.md §5)."""
-    return sample * t / (t + 1)
+    """diffusers' scheduler-test model m(x, t) = x · t / (t + 1) (REFERENCE.md §5).
+
+    Evaluated in at least float32 (x · t overflows float16 once |x| > 65504 / t), returned in x's dtype.
+    """
+    dtype = torch.promote_types(sample.dtype, torch.float32)
+    return (sample.to(dtype) * t / (t + 1)).to(sample.dtype)
 
 
 def closed_form_step(

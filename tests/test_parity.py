@@ -5,16 +5,20 @@ Every hypothesis-generated case is run three ways:
 * ``ours``: ddim_sched on the inputs in their dtype;
 * ``diffusers``: diffusers as shipped, on the same inputs (float32 tables, half arithmetic for half
   inputs);
-* ``exact``: diffusers' own code with float64 tables on the float64-upcast inputs
-  (tests/diffusers_oracle.py).
+* ``exact``: the float64 reference on the float64-upcast inputs: diffusers' tables recomputed in
+  float64, and DDIM eq. 12 in float64, checked against diffusers' own step on those tables
+  (tests/diffusers_oracle.py). add_noise/get_velocity use diffusers' own code on those tables.
 
 ddim_sched must be within ORACLE_RTOL of ``exact`` and within PARITY_RTOL of ``diffusers``, the
 latter widened by exactly diffusers' own distance to ``exact`` (where diffusers' float32 tables are
 the larger error, e.g. sample prediction at small t, where 1 − ᾱ_t loses digits in float32).
+Run with ``-s`` to print the largest errors seen per dtype and the notable cases met.
 
 Known diffusers defects (REFERENCE.md §4) are handled explicitly, never silently filtered:
-trailing spacing that yields S + 1 timesteps ending at −1, and zero terminal SNR with epsilon
-prediction on a schedule that visits the last timestep (ddim_sched raises; diffusers returns inf).
+trailing spacing that yields S + 1 timesteps ending at −1; zero terminal SNR with epsilon
+prediction on a schedule that visits the last timestep (ddim_sched raises; diffusers returns inf);
+NaN from diffusers' η = 1 step at ᾱ_t = 0. Only diffusers' spacings (leading, trailing, linspace)
+and its default "stride" rule for the previous timestep are compared here.
 """
 
 from __future__ import annotations

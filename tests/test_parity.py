@@ -419,6 +419,14 @@ def test_trailing_extra_timestep_defect():
             assert reference.timesteps[-1].item() == -1
         assert ours.timesteps.tolist() == reference.timesteps[:S].tolist()
     assert 61 in defective
+    # The other cases the generated configurations include (see cases()).
+    for T, S in [(57, 50), (113, 50)]:
+        config = dict(num_train_timesteps=T, timestep_spacing="trailing")
+        ours, reference = DDIMScheduler(**config), diffusers_scheduler(config)
+        ours.set_timesteps(S)
+        reference.set_timesteps(S)
+        assert len(reference.timesteps) == S + 1 and reference.timesteps[-1].item() == -1
+        assert ours.timesteps.tolist() == diffusers_timesteps(reference, S)
 
 
 def test_linspace_step_lands_where_diffusers_lands_by_default():
@@ -549,15 +557,6 @@ def test_correct_where_diffusers_float32_tables_lose_digits():
         PARITY_RTOL[torch.float32],
         ORACLE_RTOL[torch.float32],
     )
-
-
-def test_strategies_reach_the_trailing_defect():
-    """The generated cases include diffusers' S + 1 trailing schedules (so the handling above is exercised)."""
-    for T, S in [(57, 50), (113, 50), (1000, 61)]:
-        reference = diffusers_scheduler(dict(num_train_timesteps=T, timestep_spacing="trailing"))
-        reference.set_timesteps(S)
-        assert len(reference.timesteps) == S + 1
-        assert len(diffusers_timesteps(reference, S)) == S
 
 
 def test_finite_where_diffusers_ddpm_step_from_zero_snr_is_nan():

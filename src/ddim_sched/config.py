@@ -89,7 +89,7 @@ def _trained_betas(value: Any, num_train_timesteps: int) -> tuple[float, ...]:
     bad = ~((array > 0) & (array <= 1))
     if bad.any():
         index = int(np.flatnonzero(bad)[0])
-        raise ValueError(f"trained_betas must lie in (0, 1]; got trained_betas[{index}] = {array[index]!r}")
+        raise ValueError(f"trained_betas must lie in (0, 1]; got trained_betas[{index}] = {float(array[index])!r}")
     return tuple(float(b) for b in array)
 
 
@@ -116,7 +116,7 @@ class DDIMConfig:
         clip_sample_range: Clamp bound for clip_sample, > 0.
         sample_max_value: Upper bound of the dynamic threshold, > 0.
         timestep_spacing: ``"leading"``, ``"trailing"`` or ``"linspace"`` (see ``ddim_sched.spacing``).
-        rescale_betas_zero_snr: Rescale β to zero terminal SNR (Lin et al. 2023, Algorithm 1).
+        rescale_betas_zero_snr: Rescale β to zero terminal SNR (Lin et al. 2023, Algorithm 1); needs T >= 2.
         prev_timestep_rule: ``"stride"`` (diffusers: t − T // S) or ``"schedule"`` (the next timestep
             the schedule visits). ddim_sched extension.
         snr_shift_scale: Divide the SNR by this factor (CogVideoX); 1.0 is off. ddim_sched extension.
@@ -166,6 +166,12 @@ class DDIMConfig:
                 )
         for name in ("clip_sample", "set_alpha_to_one", "thresholding", "rescale_betas_zero_snr"):
             put(name, _flag(name, getattr(self, name)))
+        if self.rescale_betas_zero_snr and self.num_train_timesteps < 2:
+            # Algorithm 1 divides by √ᾱ_0 − √ᾱ_T, which is 0 for a single timestep: all-NaN tables.
+            raise ValueError(
+                "rescale_betas_zero_snr needs num_train_timesteps >= 2; got "
+                f"num_train_timesteps={self.num_train_timesteps!r}"
+            )
         put("steps_offset", _integer("steps_offset", self.steps_offset, 0))
         _choice("prediction_type", self.prediction_type, PREDICTION_TYPES)
         _choice("timestep_spacing", self.timestep_spacing, SPACINGS)

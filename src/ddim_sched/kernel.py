@@ -98,8 +98,11 @@ def ddim_coefficients(
     if isinstance(eta, torch.Tensor):
         eta = eta.to(device=a_t.device, dtype=torch.float64)
     sigma = eta * variance.sqrt()
-    # Coefficient of ε̂ in eq. 12; clamped at 0 where η > 1 makes σ² exceed 1 − ᾱ_prev.
-    direction = (1 - a_prev - sigma**2).clamp(min=0).sqrt()
+    # Coefficient of ε̂ in eq. 12, √(1 − ᾱ_prev − σ²). The subtraction cancels near ᾱ_t = 0 at η = 1 (the
+    # root of a rounding error), so where 0 <= ᾱ_t/ᾱ_prev <= 1 use the equal, cancellation-free form
+    # (1 − ᾱ_prev)/(1 − ᾱ_t) · ((1 − η²)(1 − ᾱ_t/ᾱ_prev) + ᾱ_t/ᾱ_prev · (1 − ᾱ_prev)). Clamped at 0 for η > 1.
+    stable = (1 - a_prev) / (1 - a_t) * ((1 - eta**2) * (1 - ratio) + ratio * (1 - a_prev))
+    direction = torch.where((a_prev > 0) & (ratio <= 1), stable, 1 - a_prev - sigma**2).clamp(min=0).sqrt()
 
     # x̂0 = A_x·x + A_m·m and ε̂ = E_x·x + E_m·m for each parameterisation.
     one, zero = torch.ones_like(a_t), torch.zeros_like(a_t)

@@ -330,3 +330,21 @@ def test_step_allocates_only_its_outputs(timestep, eta, clip, in_place):
     outputs = (1 if in_place else 2) * x.numel() * x.element_size()  # in place: x̂0 only
     allocated = _allocated_bytes(step)
     assert outputs <= allocated <= outputs + 4096, allocated - outputs
+
+
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
+def test_coefficients_finite_at_the_ends_of_the_noise_range(prediction_type):
+    """ᾱ_t = 1 (a clean start, as inversion has) and ᾱ_prev = 0 (a zero-SNR terminal level) give the
+    limits of eq. 12, not 0·∞: landing on ᾱ_prev = 0 returns ε̂ exactly and adds no σ noise."""
+    f64 = lambda v: torch.tensor(v, dtype=torch.float64)  # noqa: E731
+    unclipped = [COLUMN[name] for name in ("x0_x", "x0_m", "prev_x", "prev_m", "sigma")]
+    for alpha_bar_t in (1.0, 0.5, 1e-12):
+        for eta in (0.0, 1.0):
+            row = ddim_coefficients(f64(alpha_bar_t), f64(0.0), eta, prediction_type)
+            assert torch.isfinite(row[unclipped]).all(), (alpha_bar_t, eta, row)
+            assert row[COLUMN["sigma"]] == 0
+            a = f64(alpha_bar_t)
+            # x_prev = ε̂: for epsilon prediction ε̂ = m; for v, ε̂ = √ᾱ·m + √(1−ᾱ)·x.
+            expected = (0.0, 1.0) if prediction_type == "epsilon" else ((1 - a).sqrt(), a.sqrt())
+            torch.testing.assert_close(row[COLUMN["prev_x"]], f64(float(expected[0])))
+            torch.testing.assert_close(row[COLUMN["prev_m"]], f64(float(expected[1])))

@@ -92,17 +92,21 @@ def ddim_coefficients(
     a_prev = alpha_bar_prev.to(torch.float64)
     sqrt_a_t, sqrt_b_t = a_t.sqrt(), (1 - a_t).sqrt()
     sqrt_a_prev = a_prev.sqrt()
-    # σ² at η = 1, the DDPM posterior variance (eq. 16); 0 where ᾱ_prev = 0 would divide by zero.
-    ratio = torch.where(a_prev > 0, a_t / a_prev.clamp(min=torch.finfo(torch.float64).tiny), torch.zeros_like(a_t))
-    variance = ((1 - a_prev) / (1 - a_t) * (1 - ratio)).clamp(min=0)
+    # σ² at η = 1, the DDPM posterior variance (eq. 16). It is defined for a step towards less noise
+    # (ᾱ_t < ᾱ_prev); elsewhere (an inversion step, or landing on ᾱ_prev = 0) it is 0, the limit of
+    # the clamped formula, computed without dividing by ᾱ_prev = 0 or 1 − ᾱ_t = 0.
+    tiny = torch.finfo(torch.float64).tiny
+    denoising = a_t < a_prev
+    ratio = torch.where(denoising, a_t / a_prev.clamp(min=tiny), torch.ones_like(a_t))
+    variance = torch.where(denoising, (1 - a_prev) / (1 - a_t).clamp(min=tiny) * (1 - ratio), torch.zeros_like(a_t))
     if isinstance(eta, torch.Tensor):
         eta = eta.to(device=a_t.device, dtype=torch.float64)
     sigma = eta * variance.sqrt()
     # Coefficient of ε̂ in eq. 12, √(1 − ᾱ_prev − σ²). The subtraction cancels near ᾱ_t = 0 at η = 1 (the
     # root of a rounding error), so where 0 <= ᾱ_t/ᾱ_prev <= 1 use the equal, cancellation-free form
     # (1 − ᾱ_prev)/(1 − ᾱ_t) · ((1 − η²)(1 − ᾱ_t/ᾱ_prev) + ᾱ_t/ᾱ_prev · (1 − ᾱ_prev)). Clamped at 0 for η > 1.
-    stable = (1 - a_prev) / (1 - a_t) * ((1 - eta**2) * (1 - ratio) + ratio * (1 - a_prev))
-    direction = torch.where((a_prev > 0) & (ratio <= 1), stable, 1 - a_prev - sigma**2).clamp(min=0).sqrt()
+    stable = (1 - a_prev) / (1 - a_t).clamp(min=tiny) * ((1 - eta**2) * (1 - ratio) + ratio * (1 - a_prev))
+    direction = torch.where(denoising, stable, 1 - a_prev - sigma**2).clamp(min=0).sqrt()
 
     # x̂0 = A_x·x + A_m·m and ε̂ = E_x·x + E_m·m for each parameterisation.
     one, zero = torch.ones_like(a_t), torch.zeros_like(a_t)

@@ -11,7 +11,7 @@ from diffusers import EulerDiscreteScheduler
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ddim_sched import DDIMConfig, DDIMScheduler, spacing
+from ddim_sched import DDIMConfig, DDIMInverseScheduler, DDIMScheduler, spacing
 
 SCHEDULES = [
     {},
@@ -171,3 +171,18 @@ def test_check_timesteps_increasing():
     assert spacing.check_timesteps([1, 4, 9], 10, increasing=True).tolist() == [1, 4, 9]
     with pytest.raises(ValueError, match="strictly increasing; got 4 then 1 at position 1"):
         spacing.check_timesteps([0, 4, 1], 10, increasing=True)
+
+
+@pytest.mark.parametrize("spacing_name", ["quad", "karras"])
+@pytest.mark.parametrize("rule", ["stride", "schedule"])
+def test_uneven_spacings_step_along_their_own_schedule(spacing_name, rule):
+    """diffusers' stride t − T // S would land off a quad or karras schedule; ddim_sched steps to the
+    next visited timestep under either rule (forward and inverse schedulers alike)."""
+    scheduler = DDIMScheduler(timestep_spacing=spacing_name, prev_timestep_rule=rule, clip_sample=False)
+    scheduler.set_timesteps(10)
+    visited = scheduler.timesteps.tolist()
+    landed = [scheduler.previous_timestep(t) for t in visited]
+    assert landed == visited[1:] + [-1]
+    inverse = DDIMInverseScheduler.from_config(scheduler.config)
+    inverse.set_timesteps(10)
+    assert inverse.timesteps.tolist() == visited[::-1]

@@ -115,10 +115,12 @@ class DDIMConfig:
         dynamic_thresholding_ratio: Quantile of |x̂0| used as the threshold, in (0, 1].
         clip_sample_range: Clamp bound for clip_sample, > 0.
         sample_max_value: Upper bound of the dynamic threshold, > 0.
-        timestep_spacing: ``"leading"``, ``"trailing"`` or ``"linspace"`` (see ``ddim_sched.spacing``).
+        timestep_spacing: A name in ``ddim_sched.spacing.SPACINGS``: diffusers' ``"leading"``,
+            ``"trailing"``, ``"linspace"``, and ddim_sched's ``"quad"`` and ``"karras"``.
         rescale_betas_zero_snr: Rescale β to zero terminal SNR (Lin et al. 2023, Algorithm 1); needs T >= 2.
         prev_timestep_rule: ``"stride"`` (diffusers: t − T // S) or ``"schedule"`` (the next timestep
-            the schedule visits). ddim_sched extension.
+            the schedule visits). The stride rule applies to diffusers' own spacings only: quad,
+            karras and custom timesteps always step along the schedule. ddim_sched extension.
         snr_shift_scale: Divide the SNR by this factor (CogVideoX); 1.0 is off. ddim_sched extension.
 
     Raises:

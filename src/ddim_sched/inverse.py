@@ -27,7 +27,7 @@ from . import kernel
 from .config import DDIMConfig
 from .output import DDIMSchedulerOutput
 from .scheduler import DDIMScheduler, _check_floating, _compute_dtype
-from .spacing import SPACINGS, check_timesteps, predecessors
+from .spacing import SPACINGS, check_timesteps, predecessors, successor_stride
 
 _DEPRECATED_ALPHA_KWARG = "set_alpha_to_zero"
 
@@ -156,7 +156,7 @@ class DDIMInverseScheduler(DDIMScheduler):
                 f"num_inference_steps={num_inference_steps} gives timestep {int(raw.max())}, outside [0, {T})"
             )
         forward = check_timesteps(raw, T, f"{config.timestep_spacing} timesteps")
-        stride = T // len(forward) if config.prev_timestep_rule == "stride" else None
+        stride = successor_stride(config.prev_timestep_rule, config.timestep_spacing, T, len(forward))
         self._install(forward[::-1].copy(), predecessors(forward, T, stride), device)
 
     def _install(self, ascending: np.ndarray, source_of: np.ndarray, device: str | torch.device | None) -> None:

@@ -17,7 +17,7 @@ from .config_io import CONFIG_NAME, read_config, write_config
 from .noise import Generator, randn
 from .output import DDIMSchedulerOutput
 from .schedules import alpha_bar_from_betas, make_betas
-from .spacing import SPACINGS, check_timesteps
+from .spacing import SPACINGS, check_timesteps, predecessors, successor_stride
 
 # Schedulers whose configs diffusers treats as interchangeable with DDIM's.
 KARRAS_COMPATIBLE = (
@@ -314,14 +314,8 @@ class DDIMScheduler:
                     "zero SNR), or a spacing that does not visit the last timestep ('leading')."
                 )
         S = len(schedule)
-        if config.prev_timestep_rule == "stride" and not custom:
-            prev_of = np.arange(T, dtype=np.int64) - T // S
-        else:
-            # The largest visited timestep below t, or -1 (final) when none is.
-            ascending = np.sort(schedule)
-            position = np.searchsorted(ascending, np.arange(T), side="left") - 1
-            prev_of = np.where(position >= 0, ascending[np.maximum(position, 0)], -1)
-        self._prev_of = np.maximum(prev_of, -1).astype(np.int64)
+        spacing_name = None if custom else config.timestep_spacing
+        self._prev_of = predecessors(schedule, T, successor_stride(config.prev_timestep_rule, spacing_name, T, S))
         self._custom_timesteps = custom
         self.num_inference_steps = S
         self.timesteps = torch.from_numpy(schedule.copy()).to(device)

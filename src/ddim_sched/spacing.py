@@ -120,6 +120,21 @@ SPACINGS: dict[str, Spacing] = {
 }
 
 
+# The spacings diffusers offers. Only for these does the config's default prev_timestep_rule,
+# "stride" (t − T // S, diffusers' rule), apply; every other schedule steps along itself.
+STRIDED_SPACINGS: tuple[str, ...] = ("leading", "trailing", "linspace")
+
+
+def successor_stride(prev_timestep_rule: str, timestep_spacing: str | None, num_train_timesteps: int, num_steps: int) -> int | None:
+    """diffusers' stride T // S where the "stride" rule applies (its own spacings), else None.
+
+    ``timestep_spacing`` is None for a custom schedule, which always steps along itself.
+    """
+    if prev_timestep_rule == "stride" and timestep_spacing in STRIDED_SPACINGS:
+        return num_train_timesteps // num_steps
+    return None
+
+
 def check_timesteps(
     timesteps: object, num_train_timesteps: int, name: str = "timesteps", *, increasing: bool = False
 ) -> np.ndarray:

@@ -26,8 +26,8 @@ import torch
 from . import kernel
 from .config import DDIMConfig
 from .output import DDIMSchedulerOutput
-from .scheduler import DDIMScheduler, _check_floating, _compute_dtype
-from .spacing import SPACINGS, check_timesteps, predecessors, successor_stride
+from .scheduler import DDIMScheduler, _check_floating, _compute_dtype, _one_schedule_argument
+from .spacing import check_timesteps, predecessors, successor_stride
 
 _DEPRECATED_ALPHA_KWARG = "set_alpha_to_zero"
 
@@ -132,30 +132,12 @@ class DDIMInverseScheduler(DDIMScheduler):
         """
         config = self._config
         T = config.num_train_timesteps
-        if (num_inference_steps is None) == (timesteps is None):
-            raise ValueError(
-                "set_timesteps needs exactly one of num_inference_steps and timesteps; got "
-                f"num_inference_steps={num_inference_steps!r} and timesteps={timesteps!r}"
-            )
+        _one_schedule_argument(num_inference_steps, timesteps)
         if timesteps is not None:
             ascending = check_timesteps(timesteps, T, "timesteps", increasing=True)
             self._install(ascending, predecessors(ascending, T), device)
             return
-        if isinstance(num_inference_steps, (bool, np.bool_)) or not isinstance(num_inference_steps, (int, np.integer)):
-            raise TypeError(
-                f"num_inference_steps must be an int; got {num_inference_steps!r} of type {type(num_inference_steps).__name__}"
-            )
-        if not 1 <= num_inference_steps <= T:
-            raise ValueError(f"num_inference_steps must lie in [1, num_train_timesteps={T}]; got {num_inference_steps}")
-        raw = SPACINGS[config.timestep_spacing](
-            T, int(num_inference_steps), steps_offset=config.steps_offset, alpha_bar=self._alpha_bar
-        )
-        if raw.max() >= T:
-            raise ValueError(
-                f"steps_offset={config.steps_offset} with {config.timestep_spacing!r} spacing and "
-                f"num_inference_steps={num_inference_steps} gives timestep {int(raw.max())}, outside [0, {T})"
-            )
-        forward = check_timesteps(raw, T, f"{config.timestep_spacing} timesteps")
+        forward = self._spaced_timesteps(num_inference_steps)
         stride = successor_stride(config.prev_timestep_rule, config.timestep_spacing, T, len(forward))
         self._install(forward[::-1].copy(), predecessors(forward, T, stride), device)
 

@@ -79,6 +79,15 @@ def _check_floating(name: str, value: Any) -> None:
         raise TypeError(f"{name} must be a floating-point tensor; got dtype {value.dtype}")
 
 
+def _one_schedule_argument(num_inference_steps: Any, timesteps: Any) -> None:
+    """Raise unless exactly one of set_timesteps' two ways to choose a schedule is used."""
+    if (num_inference_steps is None) == (timesteps is None):
+        raise ValueError(
+            "set_timesteps needs exactly one of num_inference_steps and timesteps; got "
+            f"num_inference_steps={num_inference_steps!r} and timesteps={timesteps!r}"
+        )
+
+
 class DDIMScheduler:
     """Denoising diffusion implicit models (Song, Meng & Ermon 2020), a drop-in for diffusers' DDIMScheduler.
 
@@ -274,35 +283,9 @@ class DDIMScheduler:
         """
         config = self._config
         T = config.num_train_timesteps
-        if (num_inference_steps is None) == (timesteps is None):
-            raise ValueError(
-                "set_timesteps needs exactly one of num_inference_steps and timesteps; got "
-                f"num_inference_steps={num_inference_steps!r} and timesteps={timesteps!r}"
-            )
-        if timesteps is not None:
-            schedule = check_timesteps(timesteps, T, "timesteps")
-            custom = True
-        else:
-            if isinstance(num_inference_steps, (bool, np.bool_)) or not isinstance(
-                num_inference_steps, (int, np.integer)
-            ):
-                raise TypeError(
-                    f"num_inference_steps must be an int; got {num_inference_steps!r} "
-                    f"of type {type(num_inference_steps).__name__}"
-                )
-            if not 1 <= num_inference_steps <= T:
-                raise ValueError(
-                    f"num_inference_steps must lie in [1, num_train_timesteps={T}]; got {num_inference_steps}"
-                )
-            spacing = SPACINGS[config.timestep_spacing]
-            raw = spacing(T, int(num_inference_steps), steps_offset=config.steps_offset, alpha_bar=self._alpha_bar)
-            if raw.size and raw.max() >= T:
-                raise ValueError(
-                    f"steps_offset={config.steps_offset} with {config.timestep_spacing!r} spacing and "
-                    f"num_inference_steps={num_inference_steps} gives timestep {int(raw.max())}, outside [0, {T})"
-                )
-            schedule = check_timesteps(raw, T, f"{config.timestep_spacing} timesteps")
-            custom = False
+        _one_schedule_argument(num_inference_steps, timesteps)
+        custom = timesteps is not None
+        schedule = check_timesteps(timesteps, T, "timesteps") if custom else self._spaced_timesteps(num_inference_steps)
         if config.prediction_type == "epsilon":
             zero = (self._alpha_bar[torch.from_numpy(schedule)] == 0).numpy()
             if zero.any():
@@ -322,6 +305,26 @@ class DDIMScheduler:
         self._device_tables = {k: v for k, v in self._device_tables.items() if k[0] == "alpha_bar"}
         self._begin_index = None
         self._reset_progress()
+
+    def _spaced_timesteps(self, num_inference_steps: int) -> np.ndarray:
+        """The config's spacing for S steps, validated, noisiest first."""
+        config = self._config
+        T = config.num_train_timesteps
+        if isinstance(num_inference_steps, (bool, np.bool_)) or not isinstance(num_inference_steps, (int, np.integer)):
+            raise TypeError(
+                f"num_inference_steps must be an int; got {num_inference_steps!r} "
+                f"of type {type(num_inference_steps).__name__}"
+            )
+        if not 1 <= num_inference_steps <= T:
+            raise ValueError(f"num_inference_steps must lie in [1, num_train_timesteps={T}]; got {num_inference_steps}")
+        spacing = SPACINGS[config.timestep_spacing]
+        raw = spacing(T, int(num_inference_steps), steps_offset=config.steps_offset, alpha_bar=self._alpha_bar)
+        if raw.size and raw.max() >= T:
+            raise ValueError(
+                f"steps_offset={config.steps_offset} with {config.timestep_spacing!r} spacing and "
+                f"num_inference_steps={num_inference_steps} gives timestep {int(raw.max())}, outside [0, {T})"
+            )
+        return check_timesteps(raw, T, f"{config.timestep_spacing} timesteps")
 
     def previous_timestep(self, timestep: int | torch.Tensor) -> int | torch.Tensor:
         """The timestep a step from ``timestep`` lands on under the config's rule (−1: past the end)."""

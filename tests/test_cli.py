@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import ddim_sched
 from ddim_sched import DDIMScheduler, cli
 from ddim_sched.toy import GaussianMixture
 from tests.tolerances import EXACT_RTOL
@@ -75,7 +76,7 @@ def test_exact_output_law_matches_sampling_the_real_loop(eta):
     model = GaussianMixture.gaussian(mean, std, alpha_bar=scheduler)
     g = torch.Generator().manual_seed(0)
     x_T = torch.randn(n, d, generator=g, dtype=torch.float64)
-    x = cli.ddim_sample(scheduler, model.model("epsilon"), x_T, eta, g)
+    x = ddim_sched.sample(model.model("epsilon"), x_T, scheduler, eta=eta, generator=g)
     se_mean = (v / n).sqrt()
     se_var = v * math.sqrt(2 / n)
     assert ((x.mean(dim=0) - m).abs() < 5 * se_mean).all()

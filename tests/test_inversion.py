@@ -8,6 +8,7 @@ Data x0 ~ N(μ, c²I). Then x_t = √ᾱ_t·x0 + √(1−ᾱ_t)·ε is Gaussian 
 import pytest
 import torch
 
+import ddim_sched
 from ddim_sched import DDIMScheduler, invert
 from tests.tolerances import EXACT_RTOL, rel_l2
 
@@ -197,3 +198,30 @@ def test_a_step_that_forgets_its_input_cannot_be_inverted():
     with pytest.raises(ValueError, match="cannot be inverted"):
         invert(lambda x, t: calls.append(t) or x, data(), scheduler)
     assert calls == []  # raised before any model call
+
+
+def test_sample_is_the_scheduler_loop_and_reports_each_step():
+    """``sample`` runs exactly the hand-written loop (η > 0, seeded) and calls back once per step."""
+    scheduler = DDIMScheduler(clip_sample=False)
+    scheduler.set_timesteps(12)
+    model_fn = exact_model(scheduler)
+    x_T = torch.randn(3, 16, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    expected, generator = x_T, torch.Generator().manual_seed(2)
+    for t in scheduler.timesteps:
+        expected = scheduler.step(model_fn(expected, t), t, expected, eta=0.5, generator=generator).prev_sample
+    seen = []
+    got = ddim_sched.sample(
+        model_fn, x_T, scheduler, eta=0.5, generator=torch.Generator().manual_seed(2),
+        callback=lambda i, t, x: seen.append((i, int(t))),
+    )
+    assert torch.equal(got, expected)
+    assert seen == list(enumerate(scheduler.timesteps.tolist()))
+
+
+def test_sample_rejects_an_inverse_scheduler_and_a_missing_schedule():
+    with pytest.raises(ValueError, match="set_timesteps"):
+        ddim_sched.sample(lambda x, t: x, torch.zeros(1, 2), DDIMScheduler())
+    with pytest.raises(TypeError, match="scheduler must be a ddim_sched.DDIMScheduler"):
+        ddim_sched.sample(lambda x, t: x, torch.zeros(1, 2), ddim_sched.DDIMInverseScheduler())
+    with pytest.raises(TypeError, match="x_T must be a floating-point"):
+        ddim_sched.sample(lambda x, t: x, torch.zeros(1, 2, dtype=torch.int64), DDIMScheduler())

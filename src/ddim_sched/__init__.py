@@ -13,10 +13,10 @@ from .config import DDIMConfig
 from .config_io import ConfigFileNotFoundError
 from .output import DDIMSchedulerOutput
 from .scheduler import DDIMScheduler
-from .inverse import DDIMInverseScheduler
+from .inverse_scheduler import DDIMInverseScheduler
 from .guidance import rescale_noise_cfg, slerp
 from .img2img import img2img_timesteps
-from .inversion import invert
+from .sampling import invert, sample
 
 __version__ = "0.1.0"
 

@@ -38,6 +38,7 @@ import torch
 from . import __version__, kernel
 from .config import DIFFUSERS_FIELDS, PREDICTION_TYPES, PREV_TIMESTEP_RULES, DDIMConfig
 from .config_io import read_config
+from .sampling import invert, sample
 from .scheduler import DDIMScheduler
 from .schedules import BETA_SCHEDULES
 from .spacing import SPACINGS
@@ -394,23 +395,6 @@ def gaussian_table(
 # ---------------------------------------------------------------------- demo (b): 2-D mixture
 
 
-def ddim_sample(
-    scheduler: DDIMScheduler,
-    model_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-    x_T: torch.Tensor,
-    eta: float = 0.0,
-    generator: torch.Generator | None = None,
-    on_step: Callable[[], None] | None = None,
-) -> torch.Tensor:
-    """The scheduler's own sampling loop from x_T; returns x0."""
-    x = x_T
-    for t in scheduler.timesteps:
-        x = scheduler.step(model_fn(x, t), t, x, eta=eta, generator=generator).prev_sample
-        if on_step is not None:
-            on_step()
-    return x
-
-
 def demo_mixture(scheduler: DDIMScheduler) -> GaussianMixture:
     """8 isotropic Gaussians (std 0.1) evenly spaced on the unit circle."""
     return GaussianMixture.ring(8, radius=1.0, std=0.1, alpha_bar=scheduler)
@@ -446,7 +430,7 @@ def mixture_table(
         for eta in etas:
             x_T = torch.randn(n, 2, generator=torch.Generator().manual_seed(seed + 2), dtype=dtype).to(device)
             noise_gen = torch.Generator().manual_seed(seed + 3)
-            x0 = ddim_sample(scheduler, model_fn, x_T, eta, noise_gen, on_step=bar.update)
+            x0 = sample(model_fn, x_T, scheduler, eta=eta, generator=noise_gen, callback=lambda *_: bar.update())
             samples[(eta, S)] = x0.to("cpu", torch.float64)
             table[(eta, S)] = distance(samples[(eta, S)])
     bar.close()
@@ -508,16 +492,10 @@ def roundtrip_table(
     device: torch.device,
     dtype: torch.dtype,
     progress: bool = True,
-) -> dict[tuple[int, int], float] | None:
+) -> dict[tuple[int, int], float]:
     """encode(S) → decode(S) MSE per dimension on the [0, 1] scale, per (fixed-point iterations, S).
 
-    Returns None when this version of ddim_sched has no ``invert``.
     """
-    import ddim_sched
-
-    invert = getattr(ddim_sched, "invert", None)
-    if invert is None:
-        return None
     scheduler = DDIMScheduler.from_config(demo_config())
     mixture = demo_mixture(scheduler)
     model_fn = mixture.model("epsilon")
@@ -529,7 +507,7 @@ def roundtrip_table(
         for k in iterations:
             latent = invert(model_fn, x0, scheduler, fixed_point_iterations=k)
             bar.update((k + 1) * S)
-            decoded = ddim_sample(scheduler, model_fn, latent, 0.0, on_step=bar.update)
+            decoded = sample(model_fn, latent, scheduler, callback=lambda *_: bar.update())
             # Data in [-1, 1] map to pixels in [0, 1] by x/2 + 1/2: MSE scales by 1/4.
             table[(k, S)] = float(((decoded - x0).to(torch.float64) ** 2).mean() / 4)
     bar.close()
@@ -653,20 +631,17 @@ def _run_demo(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     table_c = roundtrip_table(steps_c, iterations, n_c, args.seed, device, dtype, progress)
     print(file=out)
-    if table_c is None:
-        print("(c) encode -> decode round trip: skipped, this ddim_sched has no ddim_sched.invert.", file=out)
-    else:
-        print(
-            f"(c) Encode -> decode round trip (ddim_sched.invert, then the eta=0 loop) on {n_c} samples of the 2-D mixture.\n"
-            "    MSE per dimension on the [0, 1] scale (data/2 + 1/2); the paper's Table 2 (CIFAR10) in the last row.",
-            file=out,
-        )
-        print("    " + "".ljust(18) + "".join(f"S={S}".rjust(10) for S in steps_c), file=out)
-        for k in iterations:
-            label = f"fixed-point it. {k}"
-            print("    " + label.ljust(18) + "".join(f"{table_c[(k, S)]:>10.2e}" for S in steps_c), file=out)
-        print("    " + "paper Table 2".ljust(18) + "".join(f"{PAPER_TABLE2_MSE[S]:>10.2e}" for S in steps_c), file=out)
-        print(f"    wall time: {time.perf_counter() - start:.1f} s", file=out)
+    print(
+        f"(c) Encode -> decode round trip (ddim_sched.invert, then the eta=0 loop) on {n_c} samples of the 2-D mixture.\n"
+        "    MSE per dimension on the [0, 1] scale (data/2 + 1/2); the paper's Table 2 (CIFAR10) in the last row.",
+        file=out,
+    )
+    print("    " + "".ljust(18) + "".join(f"S={S}".rjust(10) for S in steps_c), file=out)
+    for k in iterations:
+        label = f"fixed-point it. {k}"
+        print("    " + label.ljust(18) + "".join(f"{table_c[(k, S)]:>10.2e}" for S in steps_c), file=out)
+    print("    " + "paper Table 2".ljust(18) + "".join(f"{PAPER_TABLE2_MSE[S]:>10.2e}" for S in steps_c), file=out)
+    print(f"    wall time: {time.perf_counter() - start:.1f} s", file=out)
     print(file=out)
     print(f"total wall time: {time.perf_counter() - total_start:.1f} s", file=out)
     return 0

@@ -1,4 +1,7 @@
-"""DDIM inversion (encode x0 → x_T) as a loop over a DDIMScheduler's own schedule, optionally exact.
+"""The two DDIM loops over a DDIMScheduler's own schedule: ``sample`` (decode x_T → x0) and ``invert``
+(encode x0 → x_T, optionally exact).
+
+``sample`` is the loop every pipeline writes: x ← step(model_fn(x, t), t, x) for t in the schedule.
 
 The η = 0 DDIM loop is a chain of maps x_{i+1} = F_i(x_i), one per visited timestep t_i:
 
@@ -29,11 +32,63 @@ import numpy as np
 import torch
 
 from . import kernel
-from .inverse import DDIMInverseScheduler
+from .inverse_scheduler import DDIMInverseScheduler
 from .scheduler import DDIMScheduler
 
 ModelFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-InversionCallback = Callable[[int, torch.Tensor, torch.Tensor], None]
+StepCallback = Callable[[int, torch.Tensor, torch.Tensor], None]
+
+
+def _check_loop_arguments(model_fn: object, x: object, name: str, scheduler: object, callback: object) -> None:
+    """The checks ``sample`` and ``invert`` share: callables, a sampling scheduler with a schedule, a batch tensor."""
+    if not callable(model_fn):
+        raise TypeError(f"model_fn must be callable; got {model_fn!r}")
+    if not isinstance(scheduler, DDIMScheduler) or isinstance(scheduler, DDIMInverseScheduler):
+        raise TypeError(f"scheduler must be a ddim_sched.DDIMScheduler; got {type(scheduler).__name__}")
+    if not isinstance(x, torch.Tensor) or not x.is_floating_point():
+        raise TypeError(f"{name} must be a floating-point torch.Tensor; got {getattr(x, 'dtype', type(x).__name__)}")
+    if x.dim() == 0:
+        raise ValueError(f"{name} must have a batch dimension; got a 0-d tensor")
+    if callback is not None and not callable(callback):
+        raise TypeError(f"callback must be callable or None; got {callback!r}")
+    if scheduler.num_inference_steps is None:
+        raise ValueError("scheduler.num_inference_steps is None: call scheduler.set_timesteps(...) first")
+
+
+def sample(
+    model_fn: ModelFn,
+    x_T: torch.Tensor,
+    scheduler: DDIMScheduler,
+    *,
+    eta: float | torch.Tensor = 0.0,
+    generator: torch.Generator | list[torch.Generator] | None = None,
+    callback: StepCallback | None = None,
+) -> torch.Tensor:
+    """Decode ``x_T`` with the scheduler's own loop: x ← step(model_fn(x, t), t, x, eta) for each visited t.
+
+    Args:
+        model_fn: ``model_fn(x, t)`` → the model output for the scheduler's ``prediction_type``, of x's
+            shape; called with x [B, ...] and t a 0-d int64 tensor (an element of ``scheduler.timesteps``).
+        x_T: The starting noise at ``scheduler.timesteps[0]``, a floating tensor [B, ...].
+        scheduler: A :class:`DDIMScheduler` on which ``set_timesteps`` was called.
+        eta: η for every step (a float, or a [B] tensor: one per sample).
+        generator: A torch.Generator or a list of one per sample, for the η > 0 noise.
+        callback: Optional ``callback(i, t, x)`` after step i, with x the new sample.
+
+    Returns:
+        x0, of x_T's shape, dtype and device.
+
+    Raises:
+        TypeError: model_fn or callback not callable; scheduler not a DDIMScheduler; x_T not a floating tensor.
+        ValueError: set_timesteps was not called; x_T has no batch dimension; and what ``step`` raises.
+    """
+    _check_loop_arguments(model_fn, x_T, "x_T", scheduler, callback)
+    x = x_T
+    for i, t in enumerate(scheduler.timesteps):
+        x = scheduler.step(model_fn(x, t), t, x, eta=eta, generator=generator).prev_sample
+        if callback is not None:
+            callback(i, t, x)
+    return x
 
 
 def _inverse_slopes(scheduler: DDIMScheduler) -> list[float]:
@@ -72,7 +127,7 @@ def invert(
     scheduler: DDIMScheduler,
     *,
     fixed_point_iterations: int = 0,
-    callback: InversionCallback | None = None,
+    callback: StepCallback | None = None,
 ) -> torch.Tensor:
     """Encode ``x0`` into the latent at ``scheduler.timesteps[0]`` that the scheduler's η = 0 loop decodes back to x0.
 
@@ -116,25 +171,12 @@ def invert(
         output) fixed between the two points; at a timestep with ᾱ_t = 0 (zero terminal SNR), where
         ε̂ is x_t itself, it holds the model output fixed instead.
     """
-    if not callable(model_fn):
-        raise TypeError(f"model_fn must be callable; got {model_fn!r}")
-    if not isinstance(scheduler, DDIMScheduler) or isinstance(scheduler, DDIMInverseScheduler):
-        raise TypeError(
-            f"scheduler must be a ddim_sched.DDIMScheduler (the sampling scheduler to invert); got {type(scheduler).__name__}"
-        )
-    if not isinstance(x0, torch.Tensor) or not x0.is_floating_point():
-        raise TypeError(f"x0 must be a floating-point torch.Tensor; got {getattr(x0, 'dtype', type(x0).__name__)}")
-    if x0.dim() == 0:
-        raise ValueError("x0 must have a batch dimension; got a 0-d tensor")
+    _check_loop_arguments(model_fn, x0, "x0", scheduler, callback)
     k = fixed_point_iterations
     if isinstance(k, (bool, np.bool_)) or not isinstance(k, (int, np.integer)):
         raise TypeError(f"fixed_point_iterations must be an int; got {k!r}")
     if k < 0:
         raise ValueError(f"fixed_point_iterations must be >= 0; got {k}")
-    if callback is not None and not callable(callback):
-        raise TypeError(f"callback must be callable or None; got {callback!r}")
-    if scheduler.num_inference_steps is None:
-        raise ValueError("scheduler.num_inference_steps is None: call scheduler.set_timesteps(...) before invert(...)")
 
     inverse_slopes = _inverse_slopes(scheduler)
     # A shallow copy steps with the same tables but leaves the caller's progress counters alone.

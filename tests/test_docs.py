@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import doctest
 import importlib
+import functools
 import inspect
 import pkgutil
 import re
@@ -205,15 +206,21 @@ def _defined_in(module) -> list[tuple[str, object]]:
 
 
 def _members(cls) -> list[tuple[str, object]]:
-    """Public methods and properties a class defines itself."""
-    out = []
-    for name, obj in vars(cls).items():
-        if name.startswith("_"):
+    """Public methods and properties a class has from ddim_sched's own classes (itself and its bases)."""
+    out, seen = [], set()
+    for owner in cls.__mro__:
+        if not owner.__module__.startswith("ddim_sched"):
             continue
-        if isinstance(obj, (classmethod, staticmethod)):
-            obj = obj.__func__
-        if inspect.isfunction(obj) or isinstance(obj, property):
-            out.append((name, obj))
+        for name, obj in vars(owner).items():
+            if name.startswith("_") or name in seen:
+                continue
+            seen.add(name)
+            if isinstance(obj, (classmethod, staticmethod)):
+                obj = obj.__func__
+            if isinstance(obj, functools.cached_property):
+                obj = obj.func
+            if inspect.isfunction(obj) or isinstance(obj, property):
+                out.append((name, obj))
     return out
 
 

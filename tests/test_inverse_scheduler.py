@@ -192,7 +192,7 @@ def test_save_and_load_with_diffusers(tmp_path):
         reference = DiffusersInverse.from_pretrained(tmp_path)
     assert reference.config.timestep_spacing == "trailing" and reference.config.set_alpha_to_one is False
     again = DDIMInverseScheduler.from_pretrained(tmp_path)
-    assert again.config == ours.config
+    assert again.config == {k: v for k, v in ours.config.items() if k != "_use_default_values"}
     from_reference = DDIMInverseScheduler.from_config(reference.config)
     for scheduler in (again, from_reference):
         scheduler.set_timesteps(20)

@@ -11,7 +11,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ddim_sched import DDIMScheduler, kernel
+from ddim_sched import DDIMScheduler, _engine, kernel
 from ddim_sched.kernel import COLUMN, ddim_coefficients, ddim_step
 from tests.tolerances import EXACT_RTOL, PARITY_RTOL, rel_l2
 
@@ -140,7 +140,7 @@ def host_path(request, monkeypatch):
     """Which host-scalar path SHAPE takes: two ops per output ("small") or torch.addr ("fused"),
     and a count of the torch.addr calls."""
     if request.param == "fused":
-        monkeypatch.setattr(kernel, "FUSED_MIN_NUMEL", 0)
+        monkeypatch.setattr(_engine, "FUSED_MIN_NUMEL", 0)
     calls = {"addr": 0}
     addr = torch.addr
 
@@ -171,7 +171,7 @@ def test_every_path_matches_eq_12(prediction_type, clip, use_clipped, eta, dtype
 def test_host_path_at_a_real_size(clip, eta):
     # The same where the default FUSED_MIN_NUMEL picks torch.addr.
     shape = (2, 4, 72, 72)
-    assert shape[0] * shape[1] * shape[2] * shape[3] >= kernel.FUSED_MIN_NUMEL
+    assert shape[0] * shape[1] * shape[2] * shape[3] >= _engine.FUSED_MIN_NUMEL
     x, m, z = _inputs(shape, torch.float32)
     noise = z if eta > 0 else None
     prev_ref, x0_ref = reference_step(m, x, 0.2, 0.5, eta, "epsilon", clip, False, noise)

@@ -8,15 +8,22 @@
 [801, 601, 401, 201, 1]
 """
 
-from . import kernel, schedules, spacing, testing, toy
+from . import kernel, schedules, spacing, testing, toy, update
+from ._diffusers import SchedulerMixin  # diffusers' pipeline loader looks for the base class here
 from .config import DDIMConfig
 from .config_io import ConfigFileNotFoundError
-from .output import DDIMSchedulerOutput
-from .scheduler import DDIMScheduler
-from .inverse_scheduler import DDIMInverseScheduler
 from .guidance import rescale_noise_cfg, slerp
 from .img2img import img2img_timesteps
+from .inverse_scheduler import DDIMInverseScheduler
+from .output import DDIMSchedulerOutput
 from .sampling import invert, sample
+from .scheduler import DDIMScheduler
+
+# Pipelines that hold a ddim_sched scheduler record its module in model_index.json: name the package, so
+# that saved pipelines load whatever module the class is defined in.
+for _cls in (DDIMScheduler, DDIMInverseScheduler):
+    _cls.__module__ = __name__
+del _cls
 
 __version__ = "0.1.0"
 
@@ -30,9 +37,11 @@ __all__ = [
     "invert",
     "kernel",
     "rescale_noise_cfg",
+    "sample",
     "schedules",
     "slerp",
     "spacing",
     "testing",
     "toy",
+    "update",
 ]

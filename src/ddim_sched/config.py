@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal, get_args
+from typing import Any, ClassVar, Literal, get_args
 
 import numpy as np
 
+from .diffusers_config import COMPATIBLE_KEYS
 from .schedules import BETA_SCHEDULES
 from .spacing import SPACINGS
+from .validation import check_choice, check_flag, check_int, check_real
 
 logger = logging.getLogger("ddim_sched")
 
@@ -40,38 +42,8 @@ DIFFUSERS_FIELDS: tuple[str, ...] = (
     "timestep_spacing",
     "rescale_betas_zero_snr",
 )
-
-
-def _choice(name: str, value: Any, accepted: Mapping[str, Any] | tuple[str, ...]) -> None:
-    """Raise unless ``value`` is one of the accepted names (registry keys)."""
-    if not isinstance(value, str) or value not in accepted:
-        listed = ", ".join(repr(k) for k in accepted)
-        raise ValueError(f"{name} must be one of {listed}; got {value!r}")
-
-
-def _integer(name: str, value: Any, minimum: int) -> int:
-    """Return ``value`` as an int >= minimum, rejecting bools, floats and strings."""
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{name} must be an int; got {value!r} of type {type(value).__name__}")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}; got {value!r}")
-    return int(value)
-
-
-def _real(name: str, value: Any) -> float:
-    """Return ``value`` as a finite float, rejecting bools and strings."""
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
-        raise TypeError(f"{name} must be a real number; got {value!r} of type {type(value).__name__}")
-    if not math.isfinite(value):
-        raise ValueError(f"{name} must be finite; got {value!r}")
-    return float(value)
-
-
-def _flag(name: str, value: Any) -> bool:
-    """Return ``value`` as a bool, rejecting anything that is not a bool."""
-    if not isinstance(value, (bool, np.bool_)):
-        raise TypeError(f"{name} must be a bool; got {value!r} of type {type(value).__name__}")
-    return bool(value)
+# The largest num_train_timesteps: timesteps must fit the int32 a model's embedding may be given.
+MAX_TRAIN_TIMESTEPS = 2**31 - 1
 
 
 def _trained_betas(value: Any, num_train_timesteps: int) -> tuple[float, ...]:
@@ -146,14 +118,17 @@ class DDIMConfig:
     prev_timestep_rule: PrevTimestepRule = "stride"
     snr_shift_scale: float = field(default=1.0)
 
+    # The fields diffusers' DDIMScheduler has; the others appear in ``scheduler.config`` only when changed.
+    visible_fields: ClassVar[tuple[str, ...]] = DIFFUSERS_FIELDS
+
     def __post_init__(self) -> None:
         def put(name: str, value: Any) -> None:
             object.__setattr__(self, name, value)
 
-        put("num_train_timesteps", _integer("num_train_timesteps", self.num_train_timesteps, 1))
-        _choice("beta_schedule", self.beta_schedule, BETA_SCHEDULES)
-        put("beta_start", _real("beta_start", self.beta_start))
-        put("beta_end", _real("beta_end", self.beta_end))
+        put("num_train_timesteps", check_int("num_train_timesteps", self.num_train_timesteps, 1, MAX_TRAIN_TIMESTEPS))
+        check_choice("beta_schedule", self.beta_schedule, BETA_SCHEDULES)
+        put("beta_start", check_real("beta_start", self.beta_start))
+        put("beta_end", check_real("beta_end", self.beta_end))
         if self.trained_betas is not None:
             put("trained_betas", _trained_betas(self.trained_betas, self.num_train_timesteps))
         elif self.beta_schedule in ("linear", "scaled_linear"):
@@ -167,26 +142,23 @@ class DDIMConfig:
                     f"beta_end={self.beta_end!r}"
                 )
         for name in ("clip_sample", "set_alpha_to_one", "thresholding", "rescale_betas_zero_snr"):
-            put(name, _flag(name, getattr(self, name)))
+            put(name, check_flag(name, getattr(self, name)))
         if self.rescale_betas_zero_snr and self.num_train_timesteps < 2:
             # Algorithm 1 divides by √ᾱ_0 − √ᾱ_T, which is 0 for a single timestep: all-NaN tables.
             raise ValueError(
                 "rescale_betas_zero_snr needs num_train_timesteps >= 2; got "
                 f"num_train_timesteps={self.num_train_timesteps!r}"
             )
-        put("steps_offset", _integer("steps_offset", self.steps_offset, 0))
-        _choice("prediction_type", self.prediction_type, PREDICTION_TYPES)
-        _choice("timestep_spacing", self.timestep_spacing, SPACINGS)
-        _choice("prev_timestep_rule", self.prev_timestep_rule, PREV_TIMESTEP_RULES)
-        ratio = _real("dynamic_thresholding_ratio", self.dynamic_thresholding_ratio)
+        put("steps_offset", check_int("steps_offset", self.steps_offset, 0, MAX_TRAIN_TIMESTEPS))
+        check_choice("prediction_type", self.prediction_type, PREDICTION_TYPES)
+        check_choice("timestep_spacing", self.timestep_spacing, SPACINGS)
+        check_choice("prev_timestep_rule", self.prev_timestep_rule, PREV_TIMESTEP_RULES)
+        ratio = check_real("dynamic_thresholding_ratio", self.dynamic_thresholding_ratio)
         if not 0.0 < ratio <= 1.0:
             raise ValueError(f"dynamic_thresholding_ratio must lie in (0, 1]; got {ratio!r}")
         put("dynamic_thresholding_ratio", ratio)
         for name in ("clip_sample_range", "sample_max_value", "snr_shift_scale"):
-            value = _real(name, getattr(self, name))
-            if value <= 0:
-                raise ValueError(f"{name} must be > 0; got {value!r}")
-            put(name, value)
+            put(name, check_real(name, getattr(self, name), 0.0, strict=True))
 
     def to_dict(self) -> dict[str, Any]:
         """Return all fields as a JSON-ready dict (trained_betas as a list)."""
@@ -205,18 +177,25 @@ class DDIMConfig:
         return tuple(f.name for f in dataclasses.fields(cls))
 
     @classmethod
+    def defaults(cls) -> dict[str, Any]:
+        """Every field's default value."""
+        return dict(_defaults(cls))
+
+    @classmethod
     def from_mapping(cls, mapping: Mapping[str, Any], **overrides: Any) -> DDIMConfig:
         """Build a config from any diffusers-style mapping, ignoring keys that are not fields.
 
-        Keys starting with ``_`` (``_class_name``, ``_diffusers_version``, ...) are dropped silently;
-        other unknown keys (e.g. PNDM's ``skip_prk_steps``) are dropped with one logged warning that
-        names them.
+        Keys starting with ``_`` (``_class_name``, ``_diffusers_version``, ...) and options of
+        DDIM-compatible diffusers schedulers (e.g. PNDM's ``skip_prk_steps``) are dropped silently; other
+        unknown keys are dropped with one logged warning that names them.
         """
         if not isinstance(mapping, Mapping):
             raise TypeError(f"config must be a mapping or DDIMConfig; got {type(mapping).__name__}")
         known = set(cls.field_names())
         merged = {**dict(mapping), **overrides}
-        unknown = sorted(k for k in merged if k not in known and not str(k).startswith("_"))
+        unknown = sorted(
+            str(k) for k in merged if k not in known and k not in COMPATIBLE_KEYS and not str(k).startswith("_")
+        )
         if unknown:
             logger.warning(
                 "DDIMScheduler config: ignoring keys that are not DDIM options: %s", ", ".join(map(str, unknown))
@@ -224,25 +203,7 @@ class DDIMConfig:
         return cls(**{k: v for k, v in merged.items() if k in known})
 
 
-class ConfigView(dict):
-    """Read-only dict of a config's fields with attribute access, like diffusers' ``FrozenDict``.
 
-    ``view.num_train_timesteps`` and ``view["num_train_timesteps"]`` both work, and diffusers'
-    own ``from_config`` accepts the view.
-    """
-
-    def __getattr__(self, name: str) -> Any:
-        try:
-            return self[name]
-        except KeyError:
-            raise AttributeError(f"config has no field {name!r}") from None
-
-    def _readonly(self, *args: Any, **kwargs: Any) -> None:
-        raise TypeError("the scheduler config is frozen; build a new scheduler with from_config(config, **changes)")
-
-    def __reduce__(self) -> tuple[type, tuple[dict[str, Any]]]:
-        # copy, deepcopy and pickle rebuild the view in one call instead of item by item.
-        return (type(self), (dict(self),))
-
-    __setitem__ = __delitem__ = __setattr__ = _readonly  # type: ignore[assignment]
-    clear = pop = popitem = setdefault = update = _readonly  # type: ignore[assignment]
+@functools.cache
+def _defaults(cls: type) -> tuple[tuple[str, Any], ...]:
+    return tuple(cls().to_dict().items())

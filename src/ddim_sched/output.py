@@ -10,9 +10,12 @@ import torch
 
 @dataclass
 class DDIMSchedulerOutput:
-    """Output of :meth:`DDIMScheduler.step`, usable like diffusers' output and like a tuple.
+    """Output of a DDIM scheduler's ``step``, usable like diffusers' output (a dict of its fields) and like
+    a tuple.
 
-    ``out.prev_sample``, ``out["prev_sample"]``, ``out[0]`` and ``prev, x0 = out`` all work.
+    ``out.prev_sample``, ``out["prev_sample"]``, ``out[0]``, ``out.to_tuple()``, ``out.keys()`` /
+    ``values()`` / ``items()`` and ``dict(out)`` work as in diffusers. Unlike diffusers' output, iterating
+    yields the values (``prev, x0 = out``), not the keys.
 
     Attributes:
         prev_sample: x_{t_prev}, [B, ...], the sample's dtype: the next model input.
@@ -22,13 +25,21 @@ class DDIMSchedulerOutput:
     prev_sample: torch.Tensor
     pred_original_sample: torch.Tensor | None = None
 
-    def to_tuple(self) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """(prev_sample, pred_original_sample)."""
-        return (self.prev_sample, self.pred_original_sample)
+    def keys(self) -> tuple[str, ...]:
+        """The names of the fields that are set (not None), as diffusers' output gives them."""
+        return tuple(name for name in ("prev_sample", "pred_original_sample") if getattr(self, name) is not None)
 
-    def keys(self) -> tuple[str, str]:
-        """Field names, as a mapping would give them."""
-        return ("prev_sample", "pred_original_sample")
+    def values(self) -> tuple[torch.Tensor, ...]:
+        """The fields that are set, in order."""
+        return tuple(getattr(self, name) for name in self.keys())
+
+    def items(self) -> tuple[tuple[str, torch.Tensor], ...]:
+        """(name, value) for the fields that are set."""
+        return tuple((name, getattr(self, name)) for name in self.keys())
+
+    def to_tuple(self) -> tuple[torch.Tensor, ...]:
+        """The fields that are set, as a tuple (diffusers' ``to_tuple``)."""
+        return self.values()
 
     def __getitem__(self, key: int | slice | str) -> object:
         if isinstance(key, str):
@@ -37,8 +48,8 @@ class DDIMSchedulerOutput:
             return getattr(self, key)
         return self.to_tuple()[key]
 
-    def __iter__(self) -> Iterator[torch.Tensor | None]:
+    def __iter__(self) -> Iterator[torch.Tensor]:
         return iter(self.to_tuple())
 
     def __len__(self) -> int:
-        return 2
+        return len(self.keys())

@@ -24,24 +24,24 @@ def scaled_linear(num_train_timesteps: int, beta_start: float, beta_end: float) 
     return torch.linspace(beta_start**0.5, beta_end**0.5, num_train_timesteps, dtype=DTYPE) ** 2
 
 
-def _alpha_bar_cosine(t: float) -> float:
+def _alpha_bar_cosine(t: torch.Tensor) -> torch.Tensor:
     """GLIDE / improved-DDPM cosine ᾱ(t) with offset s = 0.008."""
-    return math.cos((t + 0.008) / 1.008 * math.pi / 2) ** 2
+    return torch.cos((t + 0.008) / 1.008 * math.pi / 2) ** 2
 
 
-def _alpha_bar_exp(t: float) -> float:
+def _alpha_bar_exp(t: torch.Tensor) -> torch.Tensor:
     """Exponential ᾱ(t) = exp(−12 t)."""
-    return math.exp(-12.0 * t)
+    return torch.exp(-12.0 * t)
 
 
-def _alpha_bar_laplace(t: float) -> float:
+def _alpha_bar_laplace(t: torch.Tensor) -> torch.Tensor:
     """diffusers' "laplace" transform (log-SNR from a Laplace quantile)."""
-    log_snr = -0.5 * math.copysign(1.0, 0.5 - t) * math.log(1 - 2 * abs(0.5 - t) + 1e-6)
-    snr = math.exp(log_snr)
-    return math.sqrt(snr / (1 + snr))
+    log_snr = -0.5 * torch.sign(0.5 - t) * torch.log(1 - 2 * (0.5 - t).abs() + 1e-6)
+    snr = torch.exp(log_snr)
+    return torch.sqrt(snr / (1 + snr))
 
 
-ALPHA_BAR_TRANSFORMS: dict[str, Callable[[float], float]] = {
+ALPHA_BAR_TRANSFORMS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "cosine": _alpha_bar_cosine,
     "exp": _alpha_bar_exp,
     "laplace": _alpha_bar_laplace,
@@ -68,9 +68,9 @@ def betas_for_alpha_bar(
         names = ", ".join(repr(k) for k in ALPHA_BAR_TRANSFORMS)
         raise ValueError(f"alpha_transform_type must be one of {names}; got {alpha_transform_type!r}")
     alpha_bar = ALPHA_BAR_TRANSFORMS[alpha_transform_type]
-    T = num_train_timesteps
-    betas = [min(1 - alpha_bar((i + 1) / T) / alpha_bar(i / T), max_beta) for i in range(T)]
-    return torch.tensor(betas, dtype=DTYPE)
+    steps = torch.arange(num_train_timesteps + 1, dtype=DTYPE) / num_train_timesteps
+    levels = alpha_bar(steps)
+    return (1 - levels[1:] / levels[:-1]).clamp(max=max_beta)
 
 
 def squaredcos_cap_v2(num_train_timesteps: int, beta_start: float = 0.0, beta_end: float = 0.0) -> torch.Tensor:

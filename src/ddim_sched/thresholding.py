@@ -1,9 +1,16 @@
-"""Imagen's dynamic thresholding of x̂0, with a per-row quantile that works on any size."""
+"""What a step may do to x̂0 before using it: clamp it (``clip_sample``) or Imagen's dynamic thresholding,
+with a per-row quantile that works on any size."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Literal
+
 import numpy as np
 import torch
+
+ClipMode = Literal["none", "clip", "threshold"]
+CLIP_MODES: tuple[str, ...] = ("none", "clip", "threshold")
 
 
 def _ranks(n: int, q: float, dtype: torch.dtype) -> tuple[int, int, float]:
@@ -54,9 +61,10 @@ def threshold_scale(x0: torch.Tensor, ratio: float, max_value: float) -> torch.T
     """Imagen's per-sample threshold s = clamp(quantile(|x̂0|, ratio), 1, max_value).
 
     Returns a Python float when it does not depend on the data (max_value <= 1 makes s = max_value,
-    as ``torch.clamp`` does when min > max), else a [B, 1, ..., 1] tensor of x0's dtype.
+    as ``torch.clamp`` does when min > max; or x0 has no elements), else a [B, 1, ..., 1] tensor of
+    x0's dtype.
     """
-    if max_value <= 1.0:
+    if max_value <= 1.0 or x0.numel() == 0:
         return float(max_value)
     batch = x0.shape[0]
     s = row_quantile(x0.reshape(batch, -1).abs(), ratio).clamp_(min=1.0, max=max_value)
@@ -83,5 +91,48 @@ def dynamic_threshold_(x0: torch.Tensor, ratio: float, max_value: float) -> torc
 
 
 def dynamic_threshold(x0: torch.Tensor, ratio: float, max_value: float) -> torch.Tensor:
-    """Out-of-place :func:`dynamic_threshold_`: a new tensor of x0's shape and dtype."""
-    return dynamic_threshold_(x0.clone(), ratio, max_value)
+    """Out-of-place :func:`dynamic_threshold_`, differentiable: a new tensor of x0's shape and dtype."""
+    s = threshold_scale(x0, ratio, max_value)
+    if isinstance(s, float):
+        clamped = x0.clamp(-s, s)
+        return clamped if s == 1.0 else clamped / s
+    return torch.maximum(torch.minimum(x0, s), -s) / s
+
+
+@dataclass(frozen=True)
+class X0Clip:
+    """How a step bounds x̂0: ``"none"``, ``"clip"`` (clamp to ±clip_sample_range) or ``"threshold"``
+    (dynamic thresholding with dynamic_thresholding_ratio and sample_max_value)."""
+
+    mode: ClipMode = "none"
+    clip_sample_range: float = 1.0
+    dynamic_thresholding_ratio: float = 0.995
+    sample_max_value: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.mode not in CLIP_MODES:
+            raise ValueError(f"clip mode must be one of {', '.join(map(repr, CLIP_MODES))}; got {self.mode!r}")
+
+    @property
+    def active(self) -> bool:
+        """Whether the step changes x̂0 at all."""
+        return self.mode != "none"
+
+    def __call__(self, x0: torch.Tensor) -> torch.Tensor:
+        """The bounded x̂0 as a new tensor (differentiable)."""
+        if self.mode == "clip":
+            return x0.clamp(-self.clip_sample_range, self.clip_sample_range)
+        if self.mode == "threshold":
+            return dynamic_threshold(x0, self.dynamic_thresholding_ratio, self.sample_max_value)
+        return x0
+
+    def apply_(self, x0: torch.Tensor) -> torch.Tensor:
+        """Bound x̂0 in place (x0 must be a float32/float64 tensor the caller owns); returns it."""
+        if self.mode == "clip":
+            return x0.clamp_(-self.clip_sample_range, self.clip_sample_range)
+        if self.mode == "threshold":
+            return dynamic_threshold_(x0, self.dynamic_thresholding_ratio, self.sample_max_value)
+        return x0
+
+
+NO_CLIP = X0Clip()

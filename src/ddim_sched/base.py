@@ -1,0 +1,366 @@
+"""What the DDIM schedulers share: their configuration, noise levels, public tables, the forward process
+(``add_noise``, ``get_velocity``), timestep validation, the spacing of a schedule, and img2img progress.
+
+:class:`DDIMScheduler` and :class:`DDIMInverseScheduler` derive from :class:`DDIMSchedulerBase` and add
+their own ``set_timesteps`` and ``step``.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from ._diffusers import SchedulerMixin
+from ._engine import compute_dtype, fused_step
+from .arguments import timestep_values
+from .config import DDIMConfig
+from .diffusers_config import ConfigSurface
+from .schedule import NoiseLevels, Schedule
+from .schedules import alpha_bar_from_betas, make_betas
+from .spacing import SPACINGS, check_timesteps, successor_stride
+from .thresholding import X0Clip
+from .update import StepCoefficients, ddim_update
+from .validation import check_floating_tensor, check_int
+
+TimestepsArg = Sequence[int] | np.ndarray | torch.Tensor
+
+
+def _check_pair(first: str, a: Any, second: str, b: Any) -> None:
+    """Both floating tensors of one shape with a batch dimension."""
+    check_floating_tensor(first, a)
+    check_floating_tensor(second, b)
+    if a.shape != b.shape:
+        raise ValueError(f"{first} and {second} must have the same shape; got {tuple(a.shape)} and {tuple(b.shape)}")
+    if a.dim() == 0:
+        raise ValueError(f"{first} must have a batch dimension; got a 0-d tensor")
+
+
+class DDIMSchedulerBase(ConfigSurface, SchedulerMixin):  # type: ignore[misc,valid-type]
+    """The shared shell of the DDIM schedulers; see :class:`ddim_sched.DDIMScheduler`."""
+
+    config_class = DDIMConfig
+    order = 1
+    init_noise_sigma = 1.0
+
+    _config: DDIMConfig
+    _levels: NoiseLevels
+    _schedule: Schedule | None
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._init_config(args, kwargs)
+
+    __init__.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
+        [inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD)]
+        + list(inspect.signature(DDIMConfig).parameters.values())
+    )
+
+    # ------------------------------------------------------------------ configuration and tables
+
+    def _set_config(self, config: DDIMConfig) -> None:
+        """Install a validated config: derive the noise levels; a schedule already set is derived anew."""
+        betas = make_betas(
+            config.num_train_timesteps,
+            config.beta_start,
+            config.beta_end,
+            config.beta_schedule,
+            config.trained_betas,
+            config.rescale_betas_zero_snr,
+            config.snr_shift_scale,
+        )
+        alpha_bar = alpha_bar_from_betas(betas)
+        final = 1.0 if config.set_alpha_to_one else float(alpha_bar[0])
+        request = self.__dict__.get("_schedule_request")
+        self._config, self._betas, self._levels = config, betas, NoiseLevels(alpha_bar, final)
+        for name in ("betas", "alphas", "alphas_cumprod", "final_alpha_cumprod", "_timesteps"):
+            self.__dict__.pop(name, None)
+        self._clear_schedule()
+        if request is not None:
+            self.set_timesteps(**request)  # type: ignore[attr-defined]
+
+    def _clear_schedule(self) -> None:
+        self._schedule = None
+        self._schedule_request: dict[str, Any] | None = None
+        self.num_inference_steps: int | None = None
+        self._begin_index: int | None = None
+        self._reset_progress()
+
+    def _install(self, schedule: Schedule, request: dict[str, Any] | None) -> None:
+        """Make ``schedule`` current (one assignment: a step in flight keeps the one it started with)."""
+        self._schedule = schedule
+        self._schedule_request = request
+        self.num_inference_steps = len(schedule)
+        self._begin_index = None
+        self._reset_progress()
+
+    @property
+    def ddim_config(self) -> DDIMConfig:
+        """The configuration as the frozen :class:`DDIMConfig` dataclass."""
+        return self._config
+
+    @property
+    def alpha_bar(self) -> torch.Tensor:
+        """ᾱ_t for t = 0..T−1 as a float64 CPU tensor (a copy)."""
+        return self._levels.alpha_bar.clone()
+
+    @functools.cached_property
+    def betas(self) -> torch.Tensor:
+        """β_t, float32 CPU (diffusers' attribute; the step uses the float64 tables)."""
+        return self._betas.to(torch.float32)
+
+    @functools.cached_property
+    def alphas(self) -> torch.Tensor:
+        """1 − β_t, float32 CPU."""
+        return (1.0 - self._betas).to(torch.float32)
+
+    @functools.cached_property
+    def alphas_cumprod(self) -> torch.Tensor:
+        """ᾱ_t, float32 CPU (diffusers' attribute; :attr:`alpha_bar` is the float64 table)."""
+        return self._levels.alpha_bar.to(torch.float32)
+
+    @functools.cached_property
+    def final_alpha_cumprod(self) -> torch.Tensor:
+        """ᾱ after the last step, a float32 0-d tensor."""
+        return torch.tensor(self._levels.final_alpha_bar, dtype=torch.float32)
+
+    @property
+    def timesteps(self) -> torch.Tensor:
+        """The timesteps :meth:`set_timesteps` chose (before it: every timestep, int64)."""
+        value = self.__dict__.get("_timesteps")
+        if value is None:
+            value = self.__dict__["_timesteps"] = self._default_timesteps()
+        return value
+
+    @timesteps.setter
+    def timesteps(self, value: torch.Tensor) -> None:
+        self.__dict__["_timesteps"] = value
+
+    def _default_timesteps(self) -> torch.Tensor:
+        return torch.arange(self._config.num_train_timesteps - 1, -1, -1, dtype=torch.int64)
+
+    @property
+    def compatibles(self) -> list[type]:
+        """The ddim_sched classes that accept this scheduler's config (``_compatibles`` names diffusers')."""
+        import ddim_sched
+
+        names = ("DDIMScheduler", "DDIMInverseScheduler", "DDIMParallelScheduler")
+        return [getattr(ddim_sched, name) for name in names if hasattr(ddim_sched, name)]
+
+    def __len__(self) -> int:
+        return self._config.num_train_timesteps
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{k}={v!r}" for k, v in self._config.to_dict().items() if k != "trained_betas")
+        return f"{type(self).__name__}({fields})"
+
+    # ------------------------------------------------------------------ choosing timesteps
+
+    def _spaced_timesteps(self, num_inference_steps: Any) -> np.ndarray:
+        """The config's spacing for S steps, validated, noisiest first."""
+        config = self._config
+        T = config.num_train_timesteps
+        S = check_int("num_inference_steps", num_inference_steps)
+        if not 1 <= S <= T:
+            raise ValueError(f"num_inference_steps must lie in [1, num_train_timesteps={T}]; got {S}")
+        raw = SPACINGS[config.timestep_spacing](T, S, steps_offset=config.steps_offset, alpha_bar=self._levels.alpha_bar)
+        if raw.size and raw.max() >= T:
+            raise ValueError(
+                f"steps_offset={config.steps_offset} with {config.timestep_spacing!r} spacing and "
+                f"num_inference_steps={S} gives timestep {int(raw.max())}, outside [0, {T})"
+            )
+        return check_timesteps(raw, T, f"{config.timestep_spacing} timesteps")
+
+    def _plan(
+        self, num_inference_steps: int | None, timesteps: TimestepsArg | None, device: str | torch.device | None
+    ) -> Schedule:
+        """The sampling schedule (noisiest first) for S steps or custom timesteps, validated."""
+        if (num_inference_steps is None) == (timesteps is None):
+            raise ValueError(
+                "set_timesteps needs exactly one of num_inference_steps and timesteps; got "
+                f"num_inference_steps={num_inference_steps!r} and timesteps={timesteps!r}"
+            )
+        config = self._config
+        T = config.num_train_timesteps
+        if timesteps is not None:
+            visited, stride = check_timesteps(timesteps, T, "timesteps"), None
+        else:
+            visited = self._spaced_timesteps(num_inference_steps)
+            stride = successor_stride(config.prev_timestep_rule, config.timestep_spacing, T, len(visited))
+        return Schedule(visited, self._levels, config.prediction_type, stride, device)
+
+    def _check_zero_snr(self, timesteps: Sequence[int]) -> None:
+        """Epsilon prediction is undefined where ᾱ = 0 (zero terminal SNR): refuse such a timestep."""
+        if self._config.prediction_type != "epsilon":
+            return
+        for t in timesteps:
+            if t >= 0 and self._levels.alpha_bar_at(int(t)) == 0:
+                raise ValueError(
+                    f"timestep {int(t)}: alpha_bar is 0 there (zero terminal SNR), but prediction_type is 'epsilon': "
+                    "x0 = (x - sqrt(1 - alpha_bar) * eps) / sqrt(alpha_bar) is undefined. Use "
+                    "prediction_type='v_prediction' (as Lin et al. 2023 prescribe for zero SNR), or a spacing "
+                    "that does not visit the last timestep ('leading')."
+                )
+
+    def _require_schedule(self) -> Schedule:
+        schedule = self._schedule
+        if schedule is None:
+            raise ValueError("num_inference_steps is None: call set_timesteps(...) before step(...)")
+        return schedule
+
+    def _timestep_arg(self, value: Any, sample: torch.Tensor, name: str, allow_negative: bool = False) -> Any:
+        return timestep_values(
+            value,
+            name=name,
+            num_train_timesteps=self._config.num_train_timesteps,
+            batch=sample.shape[0],
+            allow_negative=allow_negative,
+        )
+
+    # ------------------------------------------------------------------ running a step
+
+    def _run_step(
+        self,
+        model_output: torch.Tensor,
+        sample: torch.Tensor,
+        coefficients: StepCoefficients,
+        eta: float | torch.Tensor,
+        clip: X0Clip,
+        use_clipped_model_output: bool = False,
+        noise: torch.Tensor | None = None,
+        out: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(x_s, x̂0): the fused engine, or while autograd records the plain step as the paper writes it."""
+        prediction_type = self._config.prediction_type
+        dtype = compute_dtype(sample.dtype)
+        host = not isinstance(coefficients.prev_x, torch.Tensor)
+        if torch.is_grad_enabled() and any(isinstance(v, torch.Tensor) and v.requires_grad for v in (model_output, sample, noise, eta)):
+            shape = (-1,) + (1,) * (sample.dim() - 1)
+            a_t, b_t, a_s, b_s = (c if host else c.to(sample.device).reshape(shape) for c in coefficients[10:])
+            eta_b = eta.to(sample.device).reshape(shape) if isinstance(eta, torch.Tensor) else eta
+            z = None if noise is None else noise.to(dtype)
+            prev, x0 = ddim_update(
+                model_output.to(dtype), sample.to(dtype), (a_t, b_t), (a_s, b_s), eta_b, prediction_type, clip,
+                use_clipped_model_output, z,
+            )
+            prev, x0 = prev.to(sample.dtype), x0.to(sample.dtype)
+            return (prev if out is None else out.copy_(prev)), x0
+        if not host:
+            columns = torch.stack(torch.broadcast_tensors(*coefficients)).to(device=sample.device, dtype=dtype)
+            coefficients = StepCoefficients(*columns.unbind(0))
+        return fused_step(model_output, sample, coefficients, prediction_type, clip, use_clipped_model_output, noise, out)
+
+    # ------------------------------------------------------------------ img2img progress
+
+    def _reset_progress(self) -> None:
+        self._steps_taken = 0
+        self._first_timestep: Any = None
+
+    def _count_step(self, timestep: Any) -> None:
+        if self._first_timestep is None:
+            self._first_timestep = timestep
+        self._steps_taken += 1
+
+    @property
+    def begin_index(self) -> int | None:
+        """Index of the first timestep to run, set by a pipeline with :meth:`set_begin_index`."""
+        return self._begin_index
+
+    def set_begin_index(self, begin_index: int = 0) -> None:
+        """Declare that sampling starts at ``timesteps[begin_index]`` (img2img); call after set_timesteps.
+
+        Raises:
+            TypeError: Not an int.
+            ValueError: Outside [0, len(timesteps)).
+        """
+        index = check_int("begin_index", begin_index)
+        if not 0 <= index < len(self.timesteps):
+            raise ValueError(f"begin_index must lie in [0, {len(self.timesteps)}); got {index}")
+        self._begin_index = index
+
+    @property
+    def step_index(self) -> int | None:
+        """Index in :attr:`timesteps` of the next step (None before the first step).
+
+        When begin_index is unset and the first timestep was a device tensor, reading this property
+        copies one value to the host; stepping never does. With several threads stepping one scheduler
+        the count is theirs together.
+        """
+        if self._first_timestep is None:
+            return None
+        start = self._begin_index
+        if start is None:
+            first = self._first_timestep
+            if isinstance(first, torch.Tensor):
+                if first.numel() != 1:
+                    return None
+                first = int(first.reshape(()).item())
+            matches = np.flatnonzero(self.timesteps.cpu().numpy() == first)
+            if matches.size == 0:
+                return None
+            start = int(matches[0])
+        return start + self._steps_taken
+
+    # ------------------------------------------------------------------ forward process
+
+    def _marginal(self, timesteps: Any, like: torch.Tensor) -> tuple[float | torch.Tensor, float | torch.Tensor]:
+        """(a, b) = (√ᾱ_t, √(1 − ᾱ_t)): floats for one host timestep, else [B, 1, ..., 1] tensors."""
+        t = self._timestep_arg(timesteps, like, "timesteps")
+        if isinstance(t, int):
+            return self._levels.level(t)
+        index = torch.tensor(t, device=like.device) if isinstance(t, list) else t.to(like.device)
+        a, b = self._levels.levels_of(index)
+        shape = (-1,) + (1,) * (like.dim() - 1)
+        dtype = compute_dtype(like.dtype)
+        return a.to(dtype).reshape(shape), b.to(dtype).reshape(shape)
+
+    def _combine(self, first: torch.Tensor, second: torch.Tensor, timesteps: Any, velocity: bool) -> torch.Tensor:
+        """a·first + b·second (or a·second − b·first for the velocity), computed in >= float32."""
+        a, b = self._marginal(timesteps, first)
+        dtype = compute_dtype(first.dtype)
+        x, y = first.to(dtype), second.to(dtype)
+        if velocity:
+            x, y, a, b = y, x, a, -b
+        if isinstance(a, float) and isinstance(b, float):
+            result = torch.add(x * a, y, alpha=b)
+        else:
+            result = torch.addcmul(x * a, y, torch.as_tensor(b, dtype=dtype, device=x.device))
+        return result.to(first.dtype)
+
+    def add_noise(self, original_samples: torch.Tensor, noise: torch.Tensor, timesteps: Any) -> torch.Tensor:
+        """Sample the forward marginal: x_t = √ᾱ_t · x0 + √(1−ᾱ_t) · ε. Differentiable.
+
+        Args:
+            original_samples: x0, [B, ...], floating.
+            noise: ε, same shape.
+            timesteps: An int, a 0-d tensor, or a [B] integer tensor (one per sample), any device.
+
+        Returns:
+            x_t in the samples' dtype, computed in at least float32. The scheduler is not modified.
+
+        Raises:
+            TypeError, ValueError: Non-floating tensors, shapes that differ, bad timesteps.
+        """
+        _check_pair("original_samples", original_samples, "noise", noise)
+        return self._combine(original_samples, noise, timesteps, velocity=False)
+
+    def get_velocity(self, sample: torch.Tensor, noise: torch.Tensor, timesteps: Any) -> torch.Tensor:
+        """The v-prediction target: v = √ᾱ_t · ε − √(1−ᾱ_t) · x0 (``sample`` is x0 here, as in diffusers).
+
+        Args:
+            sample: x0, [B, ...], floating.
+            noise: ε, same shape.
+            timesteps: An int, a 0-d tensor, or a [B] integer tensor.
+
+        Returns:
+            v in the sample's dtype, computed in at least float32. The scheduler is not modified.
+        """
+        _check_pair("sample", sample, "noise", noise)
+        return self._combine(sample, noise, timesteps, velocity=True)
+
+    def scale_model_input(self, sample: torch.Tensor, timestep: Any = None) -> torch.Tensor:
+        """Return ``sample`` unchanged: DDIM needs no input scaling (present for pipeline compatibility)."""
+        return sample

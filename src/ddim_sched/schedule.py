@@ -1,0 +1,193 @@
+"""What the schedulers step along: a config's noise levels, and the schedule one ``set_timesteps`` chose.
+
+:class:`NoiseLevels` holds ᾱ_t in float64 for every timestep (the only table of size T) and the level
+after the last step. :class:`Schedule` holds the S timesteps visited, where each step lands, and the
+step coefficients of the steps taken, computed on first use in float64 and kept in a small cache that
+belongs to the schedule. A new ``set_timesteps`` builds a new schedule, so a step that is still running
+on the old one can never put its coefficients into the new one's cache; the caches are locked, so any
+number of threads may step one scheduler. Work and memory per schedule are O(S), whatever T is.
+"""
+
+from __future__ import annotations
+
+import bisect
+import threading
+from collections import OrderedDict
+from collections.abc import Hashable
+from typing import Any
+
+import numpy as np
+import torch
+
+from .arguments import is_compiling
+from .update import StepCoefficients, step_coefficients, vp_level
+
+# Coefficient rows kept per schedule (host floats, one per (from, to, η) step taken).
+ROW_CACHE_SIZE = 4096
+
+
+class _LockedCache:
+    """A small thread-safe LRU mapping. While torch.compile traces it is bypassed (the traced code
+    recomputes what it would hold, and dynamo cannot trace a lock)."""
+
+    def __init__(self, size: int) -> None:
+        self._items: OrderedDict[Hashable, Any] = OrderedDict()
+        self._size = size
+        self._lock = threading.Lock()
+
+    def get(self, key: Hashable) -> Any:
+        if is_compiling():
+            return None
+        with self._lock:
+            value = self._items.get(key)
+            if value is not None:
+                self._items.move_to_end(key)
+            return value
+
+    def put(self, key: Hashable, value: Any) -> Any:
+        if is_compiling():
+            return value
+        with self._lock:
+            self._items[key] = value
+            if len(self._items) > self._size:
+                self._items.popitem(last=False)
+        return value
+
+
+class NoiseLevels:
+    """The variance-preserving noise levels of one config: a = √ᾱ_t, b = √(1 − ᾱ_t) for t in [0, T), and
+    the level after the last step, ᾱ_final (index −1).
+
+    Args:
+        alpha_bar: ᾱ_0..ᾱ_{T−1}, a float64 CPU tensor.
+        final_alpha_bar: ᾱ after the last step (1 with set_alpha_to_one, else ᾱ_0).
+    """
+
+    def __init__(self, alpha_bar: torch.Tensor, final_alpha_bar: float) -> None:
+        self.alpha_bar = alpha_bar
+        self.final_alpha_bar = float(final_alpha_bar)
+        self._host = alpha_bar.numpy()
+        self._tables = _LockedCache(16)
+
+    def __len__(self) -> int:
+        return int(self.alpha_bar.shape[0])
+
+    def alpha_bar_at(self, t: int) -> float:
+        """ᾱ_t on the host (t = −1: the level after the last step)."""
+        return self.final_alpha_bar if t < 0 else float(self._host[t])
+
+    def level(self, t: int) -> tuple[float, float]:
+        """(a, b) at timestep t on the host (t = −1: after the last step)."""
+        return vp_level(self.alpha_bar_at(t))
+
+    def table(self, device: torch.device) -> torch.Tensor:
+        """ᾱ with the final level at index 0 (index t + 1 for timestep t) on ``device``, float64 (float32 on
+        MPS, which has no float64), copied there once."""
+        key = str(device)
+        table = self._tables.get(key)
+        if table is None:
+            dtype = torch.float32 if device.type == "mps" else torch.float64
+            table = torch.cat([torch.tensor([self.final_alpha_bar], dtype=torch.float64), self.alpha_bar]).to(dtype)
+            if device.type == "cuda" and not is_compiling():  # without blocking the host
+                table = table.pin_memory().to(device, non_blocking=True)
+            table = self._tables.put(key, table.to(device))
+        return table
+
+    def levels_of(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(a, b) gathered on t's device for integer timesteps t (−1 allowed), flattened to [N]."""
+        alpha_bar = self.table(t.device).index_select(0, (t.reshape(-1) + 1).to(torch.int64))
+        return vp_level(alpha_bar)
+
+
+class Schedule:
+    """The timesteps one ``set_timesteps`` chose, in the order they are visited, and where steps land.
+
+    Args:
+        timesteps: The visited timesteps, int64, in visiting order (descending when sampling).
+        levels: The config's :class:`NoiseLevels`.
+        prediction_type: What the model predicts (the coefficients depend on it).
+        stride: diffusers' successor rule t − stride (for its own spacings under
+            ``prev_timestep_rule="stride"``), or None: a step lands on the next lower visited timestep.
+        device: Where the public ``timesteps`` tensor goes.
+    """
+
+    def __init__(
+        self,
+        timesteps: np.ndarray,
+        levels: NoiseLevels,
+        prediction_type: str,
+        stride: int | None,
+        device: str | torch.device | None = None,
+    ) -> None:
+        self.timesteps = np.array(timesteps, dtype=np.int64)
+        self.timesteps.setflags(write=False)
+        self.levels = levels
+        self.prediction_type = prediction_type
+        self.stride = stride
+        self._ascending = sorted(int(t) for t in self.timesteps)
+        self.tensor = torch.from_numpy(self.timesteps.copy()).to(device)
+        self._tensor_version = self.tensor._version
+        self._rows = _LockedCache(ROW_CACHE_SIZE)
+        self._device_ascending = _LockedCache(16)
+
+    def __len__(self) -> int:
+        return len(self.timesteps)
+
+    def reversed(self, device: str | torch.device | None = None) -> Schedule:
+        """The same steps visited in the opposite order (an inversion schedule)."""
+        return Schedule(self.timesteps[::-1], self.levels, self.prediction_type, self.stride, device)
+
+    # ------------------------------------------------------------------ where a step lands
+
+    def target(self, t: int) -> int:
+        """The timestep a sampling step from t lands on (−1: past the end)."""
+        if self.stride is not None:
+            return max(t - self.stride, -1)
+        position = bisect.bisect_left(self._ascending, t)
+        return self._ascending[position - 1] if position > 0 else -1
+
+    def targets_of(self, t: torch.Tensor) -> torch.Tensor:
+        """:meth:`target` for an integer tensor of timesteps, on its device, without reading it."""
+        if self.stride is not None:
+            return (t - self.stride).clamp(min=-1)
+        key = str(t.device)
+        ascending = self._device_ascending.get(key)
+        if ascending is None:
+            ascending = self._device_ascending.put(key, torch.tensor([-1] + self._ascending, device=t.device))
+        position = torch.searchsorted(ascending, t.to(ascending.dtype), right=False) - 1
+        return ascending.index_select(0, position.clamp(min=0).reshape(-1)).reshape(t.shape)
+
+    def host_timestep(self, t: torch.Tensor) -> int | None:
+        """The value of a 0-d tensor that is an element of this schedule's ``tensor`` (as ``for t in
+        scheduler.timesteps`` yields), found from its place in memory without reading the device; None
+        for any other tensor, or once the timesteps tensor was modified in place."""
+        tensor = self.tensor
+        if t.dim() != 0 or t.dtype != tensor.dtype or t.device != tensor.device or t._version != self._tensor_version:
+            return None
+        if tensor.numel() == 0 or t.untyped_storage().data_ptr() != tensor.untyped_storage().data_ptr():
+            return None
+        offset = t.storage_offset() - tensor.storage_offset()
+        index, remainder = divmod(offset, tensor.stride(0)) if tensor.stride(0) else (0, offset)
+        if remainder or not 0 <= index < len(self.timesteps):
+            return None
+        return int(self.timesteps[index])
+
+    # ------------------------------------------------------------------ coefficients
+
+    def row(self, t_from: int, t_to: int, eta: float) -> StepCoefficients:
+        """The float64 coefficients (host floats) of one step from timestep t_from to t_to with η, cached."""
+        key = (t_from, t_to, eta)
+        row = self._rows.get(key)
+        if row is None:
+            a_t, b_t = self.levels.level(t_from)
+            a_s, b_s = self.levels.level(t_to)
+            row = self._rows.put(key, step_coefficients(a_t, b_t, a_s, b_s, eta, self.prediction_type))
+        return row
+
+    def rows_of(self, t_from: torch.Tensor, t_to: torch.Tensor, eta: float | torch.Tensor) -> StepCoefficients:
+        """Coefficients [N] in float64 for integer tensors of timesteps, computed on their device."""
+        a_t, b_t = self.levels.levels_of(t_from)
+        a_s, b_s = self.levels.levels_of(t_to)
+        if isinstance(eta, torch.Tensor):
+            eta = eta.to(device=a_t.device, dtype=a_t.dtype).reshape(-1)
+        return step_coefficients(a_t, b_t, a_s, b_s, eta, self.prediction_type)

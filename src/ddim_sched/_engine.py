@@ -22,7 +22,9 @@ Dtype rule: arithmetic in float64 for float64 samples and in float32 otherwise; 
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 
@@ -40,10 +42,11 @@ STRUCTURAL_ZEROS: dict[str, frozenset[str]] = {
 # Below this many elements a step is bound by per-op overhead, not memory traffic.
 FUSED_MIN_NUMEL = 1 << 15
 _HOST_DTYPES = (torch.float32, torch.float64)
-# The tensors a term multiplies: the sample x_t, the model output m, the bounded x̂0 and the noise z.
-_X, _M, _X0, _Z = "x", "m", "x0", "z"
-
-Terms = list[tuple[str, str]]
+# The tensors a term multiplies, as indices into the step's sources: the sample x_t, the model output m,
+# the noise z and the bounded x̂0.
+_X, _M, _Z, _X0 = range(4)
+# A term: (index of its weight in StepCoefficients, index of its tensor).
+Terms = tuple[tuple[int, int], ...]
 # Per (dtype, device): a 0-d zero (c·t written as torch.add(zero, t, alpha=c) passes c as a scalar
 # argument instead of wrapping it in a tensor) and torch.addr's one-element vector.
 _CONSTANTS: dict[tuple[torch.dtype, torch.device], tuple[torch.Tensor, torch.Tensor]] = {}
@@ -54,8 +57,9 @@ def compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
+@functools.cache
 def _terms(prediction_type: str, clipped: bool, use_clipped: bool, noisy: bool) -> tuple[Terms, Terms]:
-    """(x̂0 terms, x_s terms) as (weight name, tensor) pairs, structural zeros left out."""
+    """(x̂0 terms, x_s terms), structural zeros left out."""
     zeros = STRUCTURAL_ZEROS[prediction_type]
     x0 = [("x0_x", _X), ("x0_m", _M)]
     if not clipped:
@@ -66,19 +70,10 @@ def _terms(prediction_type: str, clipped: bool, use_clipped: bool, noisy: bool) 
         prev = [("dir_x0", _X0), ("eps_x", _X), ("eps_m", _M)]
     if noisy:
         prev.append(("sigma", _Z))
-    return [t for t in x0 if t[0] not in zeros], [t for t in prev if t[0] not in zeros]
-
-
-def _flat(tensors: Sequence[torch.Tensor]) -> list[torch.Tensor] | None:
-    """1-D views of tensors that share one dense memory layout (any dimension order), else None."""
-    if all(t.is_contiguous() for t in tensors):
-        return [t.view(-1) for t in tensors]
-    first = tensors[0]
-    order = sorted(range(first.dim()), key=lambda d: (-first.stride(d), -first.size(d)))
-    permuted = [t.permute(order) for t in tensors]
-    if all(p.is_contiguous() for p in permuted):
-        return [p.view(-1) for p in permuted]
-    return None
+    index = StepCoefficients._fields.index
+    return tuple(
+        tuple((index(name), source) for name, source in terms if name not in zeros) for terms in (x0, prev)
+    )  # type: ignore[return-value]
 
 
 def _constants(like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -92,14 +87,19 @@ def _constants(like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _combine_host(terms: Sequence[tuple[float, torch.Tensor]], out: torch.Tensor | None = None) -> torch.Tensor:
-    """Σ c·t over 1-D tensors of one dtype with float weights, as a new tensor or into ``out``."""
-    (c0, t0), rest = terms[0], list(terms[1:])
+    """Σ c·t with float weights over tensors of one dtype and shape (any layout), as a new tensor (the
+    first term's layout) or into ``out``. Large contiguous operands take one fused ``β·a + α·b`` pass."""
+    (c0, t0), rest = terms[0], terms[1:]
     zero, one = _constants(t0)
     if rest and t0.numel() >= FUSED_MIN_NUMEL:
-        (c1, t1), rest = rest[0], rest[1:]
-        if out is None:
-            out = torch.empty_like(t0)
-        torch.addr(t0.view(-1, 1), t1, one, beta=c0, alpha=c1, out=out.view(-1, 1))
+        c1, t1 = rest[0]
+        if t0.is_contiguous() and t1.is_contiguous() and (out is None or out.is_contiguous()):
+            if out is None:
+                out = torch.empty_like(t0)
+            torch.addr(t0.view(-1, 1), t1.view(-1), one, beta=c0, alpha=c1, out=out.view(-1, 1))
+            rest = rest[1:]
+        else:
+            out = torch.add(zero, t0, alpha=c0, out=out)
     else:
         out = torch.add(zero, t0, alpha=c0, out=out)
     for c, t in rest:
@@ -141,9 +141,11 @@ def _same_memory(a: torch.Tensor | None, b: torch.Tensor) -> bool:
     )
 
 
-def _reads_destination_first(terms: Terms, sources: dict[str, torch.Tensor | None], out: torch.Tensor | None) -> Terms:
+def _reads_destination_first(terms: Terms, sources: list[Any], out: torch.Tensor | None) -> Terms:
     """The terms with those that read ``out`` first, so that each is read before it is overwritten."""
-    return sorted(terms, key=lambda term: not _same_memory(sources[term[1]], out)) if out is not None else terms
+    if out is None:
+        return terms
+    return tuple(sorted(terms, key=lambda term: not _same_memory(sources[term[1]], out)))
 
 
 # The weights a step may use, in StepCoefficients' order (the levels that follow them are not weights).
@@ -151,76 +153,56 @@ WEIGHTS: tuple[str, ...] = StepCoefficients._fields[:10]
 
 
 def takes_host_weights(model_output: torch.Tensor, sample: torch.Tensor) -> bool:
-    """Whether :func:`fused_step` applies host weights to these inputs directly: one float dtype (half only
-    on the CPU, where it is converted once) and one dense memory layout. Otherwise host weights become a
+    """Whether :func:`fused_step` applies host weights to these inputs directly: one float dtype, float32 or
+    float64 (half precision only on the CPU, where it is converted once). Otherwise host weights become a
     tensor row, which on an accelerator costs a host-to-device copy."""
-    if model_output.dtype != sample.dtype or (sample.dtype not in _HOST_DTYPES and sample.device.type != "cpu"):
-        return False
-    return _flat([sample, model_output]) is not None
+    return model_output.dtype == sample.dtype and (sample.dtype in _HOST_DTYPES or sample.device.type == "cpu")
 
 
 def _host_step(
-    weights: StepCoefficients,
-    sources: dict[str, torch.Tensor | None],
-    terms: tuple[Terms, Terms],
-    clip: X0Clip,
-    out: torch.Tensor | None,
+    weights: StepCoefficients, sources: list[Any], terms: tuple[Terms, Terms], clip: X0Clip, out: torch.Tensor | None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Host weights over flat views of inputs that :func:`takes_host_weights` accepted."""
-    x, m, z = sources[_X], sources[_M], sources.get(_Z)
-    assert x is not None and m is not None  # noqa: S101 (internal invariant)
-    dtype = compute_dtype(x.dtype)
-    x_c, m_c = x.to(dtype), m.to(dtype)  # half: converted once, on the CPU
-    inputs: dict[str, torch.Tensor] = {_X: x_c, _M: m_c}
-    if z is not None:  # noise in the sample's layout (it is usually drawn contiguous)
-        inputs[_Z] = z.to(dtype) if _flat([x_c, z]) is not None else torch.empty_like(x_c).copy_(z)
-    x0 = torch.empty_like(x_c)
-    direct = out is not None and out.dtype == dtype and _flat([x_c, out]) is not None
-    prev = out if direct else torch.empty_like(x_c)
-    assert prev is not None  # noqa: S101 (internal invariant)
-    names = [*inputs, _X0, "prev"]
-    views = dict(zip(names, _flat([*inputs.values(), x0, prev]) or [], strict=True))
+    """Host weights: each output one or two passes (any layout), x̂0 bounded in place."""
+    out_dtype = sources[_X].dtype
+    if out_dtype not in _HOST_DTYPES:  # half precision on the CPU: convert each input once
+        sources = [None if v is None else v.to(torch.float32) for v in sources]
+    direct = out if out is not None and out.dtype == sources[_X].dtype else None
     x0_terms, prev_terms = terms
-    _combine_host([(float(getattr(weights, j)), views[s]) for j, s in x0_terms], out=views[_X0])
+    x0 = _combine_host([(weights[j], sources[s]) for j, s in x0_terms])
     clip.apply_(x0)
-    ordered = _reads_destination_first(prev_terms, {**inputs, _X0: x0}, prev if direct else None)
-    _combine_host([(float(getattr(weights, j)), views[s]) for j, s in ordered], out=views["prev"])
-    if direct:
-        return prev, x0.to(x.dtype)
-    prev = prev.to(x.dtype)
-    return (prev if out is None else out.copy_(prev)), x0.to(x.dtype)
+    sources = [*sources, x0]
+    prev = _combine_host([(weights[j], sources[s]) for j, s in _reads_destination_first(prev_terms, sources, direct)], direct)
+    if x0.dtype != out_dtype:
+        prev, x0 = prev.to(out_dtype), x0.to(out_dtype)
+    if out is not None and prev is not out:
+        prev = out.copy_(prev)
+    return prev, x0
 
 
 def _device_row(weights: StepCoefficients, like: torch.Tensor) -> StepCoefficients:
     """Host weights as 0-d tensors of the compute dtype on ``like``'s device (one copy, through pinned
     memory and without blocking on CUDA)."""
-    row = torch.tensor([float(getattr(weights, name)) for name in WEIGHTS], dtype=compute_dtype(like.dtype))
+    row = torch.tensor([float(w) for w in weights[: len(WEIGHTS)]], dtype=compute_dtype(like.dtype))
     if like.device.type == "cuda" and not _compiling():
         row = row.pin_memory().to(like.device, non_blocking=True)
     else:
         row = row.to(like.device)
-    return weights._replace(**dict(zip(WEIGHTS, row.unbind(), strict=True)))
+    return StepCoefficients(*row.unbind(), *weights[len(WEIGHTS) :])
 
 
 def _tensor_step(
-    weights: StepCoefficients,
-    sources: dict[str, torch.Tensor | None],
-    terms: tuple[Terms, Terms],
-    clip: X0Clip,
-    out: torch.Tensor | None,
+    weights: StepCoefficients, sources: list[Any], terms: tuple[Terms, Terms], clip: X0Clip, out: torch.Tensor | None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Tensor weights (any layout): a multiply and an in-place addcmul_ per further term."""
-    x = sources[_X]
-    assert x is not None  # noqa: S101 (internal invariant)
-    ndim, out_dtype = x.dim(), x.dtype
-    columns = {name: _column(getattr(weights, name), ndim) for name in WEIGHTS}
+    ndim, out_dtype = sources[_X].dim(), sources[_X].dtype
+    columns = [_column(w, ndim) for w in weights[: len(WEIGHTS)]]
     x0_terms, prev_terms = terms
     # Bounding x̂0 needs it in the compute dtype; otherwise it is written in the output dtype.
-    x0 = _combine_tensor([(columns[j], sources[s]) for j, s in x0_terms], None if clip.active else out_dtype)  # type: ignore[misc]
+    x0 = _combine_tensor([(columns[j], sources[s]) for j, s in x0_terms], None if clip.active else out_dtype)
     clip.apply_(x0)
-    sources = {**sources, _X0: x0}
+    sources = [*sources, x0]
     ordered = _reads_destination_first(prev_terms, sources, out)
-    prev = _combine_tensor([(columns[j], sources[s]) for j, s in ordered], out_dtype, out)  # type: ignore[misc]
+    prev = _combine_tensor([(columns[j], sources[s]) for j, s in ordered], out_dtype, out)
     return prev, x0.to(out_dtype)
 
 
@@ -249,9 +231,7 @@ def fused_step(
         (x_s, x̂0): x_s is ``out`` when given; x̂0 a new tensor.
     """
     terms = _terms(prediction_type, clip.active, use_clipped_model_output, noise is not None)
-    sources: dict[str, torch.Tensor | None] = {_X: sample, _M: model_output}
-    if noise is not None:
-        sources[_Z] = noise
+    sources = [sample, model_output, noise]
     if not isinstance(weights.prev_x, torch.Tensor):
         if takes_host_weights(model_output, sample):
             return _host_step(weights, sources, terms, clip, out)

@@ -66,6 +66,8 @@ def timestep_values(
         TypeError: Not an integer, or a bool / floating / complex tensor.
         ValueError: A shape that does not match the batch, or a host value out of range (reported as given).
     """
+    if type(value) is int and 0 <= value < num_train_timesteps:  # the common case, first
+        return value
     number = as_int(value)
     if number is not None:
         return _check_range(name, [number], num_train_timesteps, allow_negative)[0]

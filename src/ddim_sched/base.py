@@ -32,6 +32,9 @@ TimestepsArg = Sequence[int] | np.ndarray | torch.Tensor
 
 def _check_pair(first: str, a: Any, second: str, b: Any) -> None:
     """Both floating tensors of one shape with a batch dimension."""
+    if type(a) is torch.Tensor and type(b) is torch.Tensor and a.is_floating_point() and b.is_floating_point():
+        if a.shape == b.shape and a.dim():  # the common case, first
+            return
     check_floating_tensor(first, a)
     check_floating_tensor(second, b)
     if a.shape != b.shape:
@@ -76,11 +79,18 @@ class DDIMSchedulerBase(ConfigSurface, SchedulerMixin):  # type: ignore[misc,val
         final = 1.0 if config.set_alpha_to_one else float(alpha_bar[0])
         request = self.__dict__.get("_schedule_request")
         self._config, self._betas, self._levels = config, betas, NoiseLevels(alpha_bar, final)
+        self._clip = self._x0_clip(config)
         for name in ("betas", "alphas", "alphas_cumprod", "final_alpha_cumprod", "_timesteps"):
             self.__dict__.pop(name, None)
         self._clear_schedule()
         if request is not None:
             self.set_timesteps(**request)  # type: ignore[attr-defined]
+
+    @staticmethod
+    def _x0_clip(config: DDIMConfig) -> X0Clip:
+        """How the config bounds x̂0 (thresholding takes precedence over clip_sample, as in diffusers)."""
+        mode = "threshold" if config.thresholding else "clip" if config.clip_sample else "none"
+        return X0Clip(mode, config.clip_sample_range, config.dynamic_thresholding_ratio, config.sample_max_value)
 
     def _clear_schedule(self) -> None:
         self._schedule = None
@@ -196,8 +206,9 @@ class DDIMSchedulerBase(ConfigSurface, SchedulerMixin):  # type: ignore[misc,val
         """Epsilon prediction is undefined where ᾱ = 0 (zero terminal SNR): refuse such a timestep."""
         if self._config.prediction_type != "epsilon":
             return
+        first_zero = self._levels.first_zero
         for t in timesteps:
-            if t >= 0 and self._levels.alpha_bar_at(int(t)) == 0:
+            if t >= first_zero:
                 raise ValueError(
                     f"timestep {int(t)}: alpha_bar is 0 there (zero terminal SNR), but prediction_type is 'epsilon': "
                     "x0 = (x - sqrt(1 - alpha_bar) * eps) / sqrt(alpha_bar) is undefined. Use "
@@ -237,7 +248,12 @@ class DDIMSchedulerBase(ConfigSurface, SchedulerMixin):  # type: ignore[misc,val
         prediction_type = self._config.prediction_type
         dtype = compute_dtype(sample.dtype)
         host = not isinstance(coefficients.prev_x, torch.Tensor)
-        if torch.is_grad_enabled() and any(isinstance(v, torch.Tensor) and v.requires_grad for v in (model_output, sample, noise, eta)):
+        if torch.is_grad_enabled() and (
+            model_output.requires_grad
+            or sample.requires_grad
+            or (noise is not None and noise.requires_grad)
+            or (isinstance(eta, torch.Tensor) and eta.requires_grad)
+        ):
             shape = (-1,) + (1,) * (sample.dim() - 1)
             a_t, b_t, a_s, b_s = (c if host else c.to(sample.device).reshape(shape) for c in coefficients[10:])
             eta_b = eta.to(sample.device).reshape(shape) if isinstance(eta, torch.Tensor) else eta

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import bisect
 import threading
-from collections import OrderedDict
 from collections.abc import Hashable
 from typing import Any
 
@@ -27,30 +26,27 @@ ROW_CACHE_SIZE = 4096
 
 
 class _LockedCache:
-    """A small thread-safe LRU mapping. While torch.compile traces it is bypassed (the traced code
+    """A small bounded mapping that threads may share: reads take no lock (a dict lookup is atomic),
+    writes and evictions (oldest first) do. While torch.compile traces it is bypassed (the traced code
     recomputes what it would hold, and dynamo cannot trace a lock)."""
 
     def __init__(self, size: int) -> None:
-        self._items: OrderedDict[Hashable, Any] = OrderedDict()
+        self._items: dict[Hashable, Any] = {}
         self._size = size
         self._lock = threading.Lock()
 
     def get(self, key: Hashable) -> Any:
         if is_compiling():
             return None
-        with self._lock:
-            value = self._items.get(key)
-            if value is not None:
-                self._items.move_to_end(key)
-            return value
+        return self._items.get(key)
 
     def put(self, key: Hashable, value: Any) -> Any:
         if is_compiling():
             return value
         with self._lock:
             self._items[key] = value
-            if len(self._items) > self._size:
-                self._items.popitem(last=False)
+            while len(self._items) > self._size:
+                del self._items[next(iter(self._items))]
         return value
 
 
@@ -67,6 +63,9 @@ class NoiseLevels:
         self.alpha_bar = alpha_bar
         self.final_alpha_bar = float(final_alpha_bar)
         self._host = alpha_bar.numpy()
+        # ᾱ decreases with t: the timesteps with ᾱ = 0 (zero terminal SNR) are those from this one on.
+        zeros = (alpha_bar == 0).nonzero()
+        self.first_zero = int(zeros[0]) if len(zeros) else len(alpha_bar)
         self._tables = _LockedCache(16)
 
     def __len__(self) -> int:
@@ -173,6 +172,14 @@ class Schedule:
         return int(self.timesteps[index])
 
     # ------------------------------------------------------------------ coefficients
+
+    def sampling_row(self, t: int, eta: float) -> StepCoefficients:
+        """The coefficients of the sampling step from timestep t (to :meth:`target`) with η, cached."""
+        key = (t, eta)
+        row = self._rows.get(key)
+        if row is None:
+            row = self._rows.put(key, self.row(t, self.target(t), eta))
+        return row
 
     def row(self, t_from: int, t_to: int, eta: float) -> StepCoefficients:
         """The float64 coefficients (host floats) of one step from timestep t_from to t_to with η, cached."""

@@ -13,7 +13,6 @@ from .base import DDIMSchedulerBase, TimestepsArg, _check_pair
 from .noise import Generator, randn
 from .output import DDIMSchedulerOutput
 from .schedule import Schedule
-from .thresholding import X0Clip
 from .update import StepCoefficients, snr_ratio
 from .validation import check_floating_tensor
 
@@ -107,7 +106,7 @@ class DDIMScheduler(DDIMSchedulerBase):
             self._check_zero_snr([t] if isinstance(t, int) else t)
         if isinstance(eta, float) and not isinstance(t, torch.Tensor) and not isinstance(target, torch.Tensor):
             if isinstance(t, int) and isinstance(target, int):
-                return schedule.row(t, target, eta)
+                return schedule.sampling_row(t, eta) if prev_timestep is None else schedule.row(t, target, eta)
             pairs = zip(*torch.broadcast_tensors(torch.tensor(t), torch.tensor(target)), strict=True)
             rows = [schedule.row(int(a), int(b), eta) for a, b in pairs]
             return StepCoefficients(*torch.tensor(rows, dtype=torch.float64).unbind(1))
@@ -195,17 +194,16 @@ class DDIMScheduler(DDIMSchedulerBase):
                 f"out must be a tensor of the sample's shape {tuple(sample.shape)} and dtype {sample.dtype}; "
                 f"got {getattr(out, 'shape', out)!r} of dtype {getattr(out, 'dtype', None)}"
             )
-        t = self._timestep_arg(timestep, sample, "timestep")
         eta = eta_values(eta, sample.shape[0], sample.device)
-        coefficients = self._coefficients(schedule, t, prev_timestep, eta, model_output, sample)
+        coefficients: StepCoefficients
+        if type(timestep) is int and prev_timestep is None and type(eta) is float and 0 <= timestep < self._levels.first_zero:
+            coefficients = schedule.sampling_row(timestep, eta)  # the common case: one host timestep, ᾱ > 0
+        else:
+            t = self._timestep_arg(timestep, sample, "timestep")
+            coefficients = self._coefficients(schedule, t, prev_timestep, eta, model_output, sample)
         noise = self._noise(eta, sample, generator, variance_noise)
-        config = self._config
-        clip = X0Clip(
-            "threshold" if config.thresholding else "clip" if config.clip_sample else "none",
-            config.clip_sample_range, config.dynamic_thresholding_ratio, config.sample_max_value,
-        )
         prev_sample, pred_original_sample = self._run_step(
-            model_output, sample, coefficients, eta, clip, use_clipped_model_output, noise, out
+            model_output, sample, coefficients, eta, self._clip, use_clipped_model_output, noise, out
         )
         self._count_step(timestep)
         if not return_dict:

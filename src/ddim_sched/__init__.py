@@ -16,12 +16,13 @@ from .guidance import rescale_noise_cfg, slerp
 from .img2img import img2img_timesteps
 from .inverse_scheduler import DDIMInverseScheduler
 from .output import DDIMSchedulerOutput
+from .parallel_scheduler import DDIMParallelScheduler, DDIMParallelSchedulerOutput
 from .sampling import invert, sample
 from .scheduler import DDIMScheduler
 
 # Pipelines that hold a ddim_sched scheduler record its module in model_index.json: name the package, so
 # that saved pipelines load whatever module the class is defined in.
-for _cls in (DDIMScheduler, DDIMInverseScheduler):
+for _cls in (DDIMScheduler, DDIMInverseScheduler, DDIMParallelScheduler):
     _cls.__module__ = __name__
 del _cls
 
@@ -31,6 +32,8 @@ __all__ = [
     "ConfigFileNotFoundError",
     "DDIMConfig",
     "DDIMInverseScheduler",
+    "DDIMParallelScheduler",
+    "DDIMParallelSchedulerOutput",
     "DDIMScheduler",
     "DDIMSchedulerOutput",
     "img2img_timesteps",

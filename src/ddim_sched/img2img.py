@@ -5,8 +5,9 @@ from __future__ import annotations
 import math
 from typing import Any
 
-import numpy as np
 import torch
+
+from .validation import as_real
 
 
 def img2img_timesteps(
@@ -15,11 +16,13 @@ def img2img_timesteps(
     strength: float,
     device: str | torch.device | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Set a schedule of S steps and keep its last ⌊S·strength⌋, as diffusers' img2img pipelines do.
+    """Set a schedule of S steps and keep its last ⌊N·strength⌋, as diffusers' img2img pipelines do.
 
-    Calls ``scheduler.set_timesteps(num_inference_steps, device=device)``, drops the first
-    ``S − ⌊S·strength⌋`` steps (times ``scheduler.order``), and tells the scheduler where sampling
-    starts with ``set_begin_index`` when it has one. Works with any diffusers-style scheduler.
+    Calls ``scheduler.set_timesteps(num_inference_steps, device=device)``; N is the number of steps the
+    schedule really has (``len(timesteps) // order``: fewer than S for a spacing that drops repeated
+    timesteps, such as ``quad``). Drops the first ``N − ⌊N·strength⌋`` steps (times ``scheduler.order``),
+    and tells the scheduler where sampling starts with ``set_begin_index`` when it has one. Works with any
+    diffusers-style scheduler.
     Then noise the image to the first kept timestep and run the loop over the kept ones::
 
         timesteps, latent_timestep = img2img_timesteps(scheduler, 50, strength=0.6)
@@ -34,26 +37,28 @@ def img2img_timesteps(
         device: Where the timesteps go.
 
     Returns:
-        (timesteps, latent_timestep): the kept timesteps, [⌊S·strength⌋·order] int64, and the first of
+        (timesteps, latent_timestep): the kept timesteps, [⌊N·strength⌋·order] int64, and the first of
         them as a [1] tensor (diffusers' ``timesteps[:1]``; repeat it per batch element).
 
     Raises:
         TypeError: strength is not a real number.
-        ValueError: strength outside [0, 1], or so small that no step is kept (⌊S·strength⌋ = 0).
+        ValueError: strength outside [0, 1], or so small that no step is kept (⌊N·strength⌋ = 0).
     """
-    if isinstance(strength, (bool, np.bool_)) or not isinstance(strength, (int, float, np.integer, np.floating)):
+    number = as_real(strength)
+    if number is None:
         raise TypeError(f"strength must be a float in [0, 1]; got {strength!r}")
-    if not (math.isfinite(strength) and 0.0 <= strength <= 1.0):
+    if not (math.isfinite(number) and 0.0 <= number <= 1.0):
         raise ValueError(f"strength must lie in [0, 1]; got {strength!r}")
     scheduler.set_timesteps(num_inference_steps, device=device)
-    kept = min(int(num_inference_steps * strength), num_inference_steps)
+    order = getattr(scheduler, "order", 1)
+    steps = len(scheduler.timesteps) // order
+    kept = min(int(steps * number), steps)
     if kept == 0:
         raise ValueError(
-            f"strength={strength!r} with num_inference_steps={num_inference_steps} keeps no step "
-            f"(int({num_inference_steps} * {strength!r}) = 0); raise either"
+            f"strength={strength!r} with num_inference_steps={num_inference_steps} ({steps} steps) keeps no step "
+            f"(int({steps} * {strength!r}) = 0); raise either"
         )
-    order = getattr(scheduler, "order", 1)
-    start = (num_inference_steps - kept) * order
+    start = (steps - kept) * order
     timesteps = scheduler.timesteps[start:]
     if hasattr(scheduler, "set_begin_index"):
         scheduler.set_begin_index(start)

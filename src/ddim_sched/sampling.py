@@ -25,15 +25,18 @@ inverted exactly as it is sampled.
 from __future__ import annotations
 
 import copy
+import logging
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 
-import numpy as np
 import torch
 
-from . import kernel
 from .inverse_scheduler import DDIMInverseScheduler
 from .scheduler import DDIMScheduler
+from .validation import check_int, check_real
+
+logger = logging.getLogger("ddim_sched")
 
 ModelFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 StepCallback = Callable[[int, torch.Tensor, torch.Tensor], None]
@@ -94,31 +97,74 @@ def sample(
 def _inverse_slopes(scheduler: DDIMScheduler) -> list[float]:
     """1 / a_i for each visited timestep t_i, where a_i is the slope of the forward step at fixed ε̂.
 
-    a_i = √(ᾱ_prev/ᾱ_t): x_prev = √ᾱ_prev·(x_t − √(1−ᾱ_t)·ε̂)/√ᾱ_t + √(1−ᾱ_prev)·ε̂. Where ᾱ_t = 0
-    (zero terminal SNR) ε̂ is x_t itself, so the slope at fixed model output (``prev_x``) is used.
+    a_i = a_s/a_t (√(ᾱ_prev/ᾱ_t)): x_prev = a_s·(x_t − b_t·ε̂)/a_t + b_s·ε̂. Where a_t = 0 (zero terminal
+    SNR) ε̂ is x_t itself, so the slope at fixed model output (``prev_x``) is used.
     """
-    alpha_bar = scheduler.alpha_bar
-    final = 1.0 if scheduler.ddim_config.set_alpha_to_one else float(alpha_bar[0])
-    prediction_type = scheduler.ddim_config.prediction_type
     inverse_slopes = []
     for t in scheduler.timesteps.tolist():
-        prev = scheduler.previous_timestep(int(t))
-        a_t = float(alpha_bar[int(t)])
-        a_prev = float(alpha_bar[prev]) if prev >= 0 else final
-        if a_t > 0:
-            inverse_slopes.append(math.sqrt(a_t / a_prev))
-            continue
-        column = kernel.ddim_coefficients(
-            torch.tensor(a_t, dtype=torch.float64), torch.tensor(a_prev, dtype=torch.float64), 0.0, prediction_type
-        )
-        slope = float(column[kernel.COLUMN["prev_x"]])
+        row = scheduler.coefficients(int(t), 0.0)
+        slope = float(row.a_s) / float(row.a_t) if row.a_t > 0 else float(row.prev_x)
         if not (math.isfinite(slope) and slope > 0):
             raise ValueError(
-                f"the DDIM step from timestep {t} (alpha_bar = 0) to alpha_bar = {a_prev} does not depend on "
-                f"its input for prediction_type={prediction_type!r}, so it cannot be inverted"
+                f"the DDIM step from timestep {t} (alpha_bar = 0) does not depend on its input for "
+                f"prediction_type={scheduler.ddim_config.prediction_type!r}, so it cannot be inverted"
             )
         inverse_slopes.append(1.0 / slope)
     return inverse_slopes
+
+
+@dataclass(frozen=True)
+class InversionReport:
+    """How well each inverse step solved ``step(model_fn(x, t), t, x).prev_sample == x_next`` for x.
+
+    Attributes:
+        timesteps: The timestep of each inverse step, in the order taken (from the clean end up).
+        residuals: Per step, the largest relative residual ‖F(x) − x_next‖/‖x_next‖ over the batch at the
+            point returned (F the forward step); for k = 0 at the classic inversion's point.
+        median_residuals: Per step, the median of the same over the batch.
+        iterations: Per step, the fixed-point iterations taken (fewer than asked when ``tol`` was met).
+        tol: The tolerance asked for, or None.
+    """
+
+    timesteps: list[int]
+    residuals: list[float]
+    median_residuals: list[float]
+    iterations: list[int]
+    tol: float | None = None
+
+    @property
+    def converged(self) -> bool:
+        """Whether every step met ``tol`` (False without a tolerance)."""
+        return self.tol is not None and all(r <= self.tol for r in self.residuals)
+
+
+def _relative_residual(landed: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """‖landed − target‖ / ‖target‖ per sample, float64 [B]."""
+    difference = (landed - target).flatten(1).double().norm(dim=1)
+    return difference / target.flatten(1).double().norm(dim=1).clamp(min=torch.finfo(torch.float64).tiny)
+
+
+def _invert_step(
+    forward: Callable[[torch.Tensor], torch.Tensor], x_next: torch.Tensor, inverse_slope: float, k: int,
+    tol: float | None, report: bool,
+) -> tuple[torch.Tensor, torch.Tensor | None, int, bool]:
+    """Solve forward(x) = x_next for x by k fixed-point iterations from x = x_next (samples meeting ``tol``
+    stop moving): (x, per-sample residual at x or None, iterations taken, diverged)."""
+    x, residual, first, iterations = x_next, None, None, 0
+    for iteration in range(k + 1):
+        landed = forward(x)
+        residual = _relative_residual(landed, x_next)
+        first = residual if first is None else first
+        moving = residual > tol if tol is not None else torch.ones_like(residual, dtype=torch.bool)
+        if not bool(moving.any()):
+            return x, residual, iterations, False
+        mask = moving.reshape((-1,) + (1,) * (x.dim() - 1))
+        x = torch.where(mask, x + (x_next - landed) * inverse_slope, x)  # G(x), the fixed-point map
+        iterations = iteration + 1 if iteration < k else iterations
+    diverged = k > 0 and residual is not None and bool((residual > first).any())
+    if report or tol is not None:
+        residual = _relative_residual(forward(x), x_next)  # at the returned point: one more model call
+    return x, residual, iterations, diverged
 
 
 def invert(
@@ -127,8 +173,10 @@ def invert(
     scheduler: DDIMScheduler,
     *,
     fixed_point_iterations: int = 0,
+    tol: float | None = None,
     callback: StepCallback | None = None,
-) -> torch.Tensor:
+    return_report: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, InversionReport]:
     """Encode ``x0`` into the latent at ``scheduler.timesteps[0]`` that the scheduler's η = 0 loop decodes back to x0.
 
     Decoding is the scheduler's own loop, unchanged::
@@ -144,54 +192,68 @@ def invert(
     Args:
         model_fn: ``model_fn(x, t)`` → the model output for the scheduler's ``prediction_type``, of x's
             shape; called with x [B, ...] and t a 0-d int64 tensor (an element of ``scheduler.timesteps``).
-        x0: The clean sample, a floating tensor [B, ...]. The work runs in its dtype.
+        x0: The clean sample, a floating tensor [B, ...]. The work runs in its dtype. Differentiable.
         scheduler: A :class:`DDIMScheduler` on which ``set_timesteps`` was called. It is not modified
             (its step-progress counters included).
         fixed_point_iterations: k >= 0. k = 0 is classic DDIM inversion (one model call per step,
-            evaluated at the known, less noisy point). k >= 1 adds k fixed-point iterations per step,
-            each evaluating ``model_fn`` at the new point, so that the forward step from the new point
-            lands back on the current one (k + 1 model calls per step).
+            evaluated at the known, less noisy point). k >= 1 adds up to k fixed-point iterations per
+            step, each evaluating ``model_fn`` at the new point, so that the forward step from the new
+            point lands back on the current one.
+        tol: Stop iterating a sample once its relative residual ‖F(x) − x_next‖/‖x_next‖ is at most
+            ``tol`` (checked at each iterate; then one more model call per step measures the returned
+            point). A step that ends above ``tol`` is logged as a warning on the ``ddim_sched`` logger.
         callback: Optional ``callback(i, t, x)`` after each inverse step i = 0..S−1, where x is the new
             latent at timestep t (a 0-d int64 tensor); the last call has t = ``scheduler.timesteps[0]``.
+        return_report: Also return an :class:`InversionReport` (residuals cost one more model call per step).
 
     Returns:
-        The latent at ``scheduler.timesteps[0]``, x0's shape, dtype and device.
+        The latent at ``scheduler.timesteps[0]`` (x0's shape, dtype and device), or ``(latent, report)``.
 
     Raises:
         TypeError: model_fn or callback not callable; scheduler not a DDIMScheduler; x0 not a floating
-            tensor; fixed_point_iterations not an int.
+            tensor; fixed_point_iterations not an int; tol not a real number.
         ValueError: set_timesteps was not called; x0 has no batch dimension; fixed_point_iterations < 0;
-            a step that forgets its input and so cannot be inverted (from ᾱ_t = 0 to ᾱ_prev = 1 with
-            ``prediction_type="sample"``, where x_prev = x̂0 = the model output whatever x_t is).
+            tol < 0; a step that forgets its input and so cannot be inverted (from ᾱ_t = 0 to ᾱ_prev = 1
+            with ``prediction_type="sample"``, where x_prev = x̂0 = the model output whatever x_t is).
 
     Notes:
         With ``clip_sample`` or ``thresholding`` on, the forward step is exactly invertible only where
-        the clamp is inactive; the iteration is the same, its fixed point exists only there.
-        For every prediction type, k = 0 holds ε̂ (the noise the step derives from the model
-        output) fixed between the two points; at a timestep with ᾱ_t = 0 (zero terminal SNR), where
-        ε̂ is x_t itself, it holds the model output fixed instead.
+        the clamp is inactive; the iteration is the same, its fixed point exists only there. Where the
+        iteration diverges for some samples (a model whose ε̂ changes faster than the step contracts),
+        a warning names the step and the residuals.
     """
     _check_loop_arguments(model_fn, x0, "x0", scheduler, callback)
-    k = fixed_point_iterations
-    if isinstance(k, (bool, np.bool_)) or not isinstance(k, (int, np.integer)):
-        raise TypeError(f"fixed_point_iterations must be an int; got {k!r}")
-    if k < 0:
-        raise ValueError(f"fixed_point_iterations must be >= 0; got {k}")
+    k = check_int("fixed_point_iterations", fixed_point_iterations, 0)
+    if tol is not None:
+        tol = check_real("tol", tol, 0.0)
 
     inverse_slopes = _inverse_slopes(scheduler)
     # A shallow copy steps with the same tables but leaves the caller's progress counters alone.
     stepper = copy.copy(scheduler)
     timesteps = scheduler.timesteps
-
+    steps, residuals, medians, iterations = [], [], [], []
     x_next = x0
     for i in range(len(timesteps) - 1, -1, -1):
         t = timesteps[i]
-        inverse_slope = inverse_slopes[i]
-        x = x_next  # initial guess: the known point
-        for _ in range(k + 1):
-            landed = stepper.step(model_fn(x, t), t, x, eta=0.0).prev_sample
-            x = x + (x_next - landed) * inverse_slope  # G_i(x)
-        x_next = x
+
+        def forward(x: torch.Tensor, t: torch.Tensor = t) -> torch.Tensor:
+            return stepper.step(model_fn(x, t), t, x, eta=0.0).prev_sample
+
+        x_next, residual, taken, diverged = _invert_step(forward, x_next, inverse_slopes[i], k, tol, return_report)
+        if residual is not None:
+            worst, median = float(residual.max()), float(residual.median())
+            if diverged or (tol is not None and worst > tol):
+                logger.warning(
+                    "invert: at timestep %d the fixed-point iteration %s: relative residual max %.3g, median %.3g%s",
+                    int(t), "diverged for some samples" if diverged else "did not reach tol", worst, median,
+                    "" if tol is None else f" (tol {tol:g})",
+                )
+            steps.append(int(t))
+            residuals.append(worst)
+            medians.append(median)
+            iterations.append(taken)
         if callback is not None:
             callback(len(timesteps) - 1 - i, t, x_next)
+    if return_report:
+        return x_next, InversionReport(steps, residuals, medians, iterations, tol)
     return x_next

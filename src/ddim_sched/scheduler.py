@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal, overload
+from typing import Any, ClassVar, Literal, overload
 
 import torch
 
@@ -44,6 +44,8 @@ class DDIMScheduler(DDIMSchedulerBase):
     Threads: any number of threads may step one scheduler; a ``set_timesteps`` in another thread affects
     only the steps that start after it (each step uses the schedule current when it began).
     """
+
+    _output_class: ClassVar[type[DDIMSchedulerOutput]] = DDIMSchedulerOutput
 
     # ------------------------------------------------------------------ schedule
 
@@ -208,9 +210,24 @@ class DDIMScheduler(DDIMSchedulerBase):
         self._count_step(timestep)
         if not return_dict:
             return prev_sample, pred_original_sample
-        return DDIMSchedulerOutput(prev_sample=prev_sample, pred_original_sample=pred_original_sample)
+        return self._output_class(prev_sample=prev_sample, pred_original_sample=pred_original_sample)
 
     # ------------------------------------------------------------------ views of the schedule
+
+    def coefficients(self, timestep: int, eta: float = 0.0) -> StepCoefficients:
+        """The float64 coefficients of the step from ``timestep`` (to where the config's rule lands) with η,
+        as host floats: the step's levels (a_t, b_t) → (a_s, b_s), σ, and its linear-combination weights
+        (:class:`ddim_sched.update.StepCoefficients`).
+
+        Raises:
+            ValueError: set_timesteps not called, or the timestep or η out of range.
+        """
+        schedule = self._require_schedule()
+        t = self._timestep_arg(timestep, torch.empty(1), "timestep")
+        rate = eta_values(eta, 1, torch.device("cpu"))
+        if not isinstance(t, int) or not isinstance(rate, float):
+            raise TypeError("coefficients takes one timestep and a float eta")
+        return schedule.sampling_row(t, rate)
 
     def _get_variance(self, timestep: int | torch.Tensor, prev_timestep: int | torch.Tensor) -> torch.Tensor:
         """DDPM's posterior variance σ²(η = 1) of a step from ``timestep`` to ``prev_timestep`` (negative:

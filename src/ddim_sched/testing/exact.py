@@ -21,7 +21,7 @@ import torch
 from ..config import DDIMConfig
 from ..schedules import alpha_bar_from_betas, betas_from_alpha_bar, make_betas
 
-__all__ = ["ExactReference", "direction_rounding", "landing", "relative_error", "step_output"]
+__all__ = ["ExactReference", "direction_rounding", "landing", "private_copy", "relative_error", "step_output"]
 
 # The float64 table built from the reference's config must reproduce its float32 table this closely.
 _TABLE_ATOL = 1e-5
@@ -73,6 +73,17 @@ def landing(scheduler: Any, timestep: int) -> int | None:
     else:
         return None
     return max(lands_on, -1)
+
+
+def private_copy(scheduler: Any) -> Any:
+    """A copy to step and modify without touching ``scheduler``: deep, or shallow when it holds uncopyable state.
+
+    A shallow copy is safe for attribute assignment (the tables are replaced, not modified in place).
+    """
+    try:
+        return copy.deepcopy(scheduler)
+    except (TypeError, copy.Error):  # e.g. a lock guarding a cache
+        return copy.copy(scheduler)
 
 
 def _takes(scheduler: Any, name: str) -> bool:
@@ -147,7 +158,7 @@ class ExactReference:
         if isinstance(tables, str):
             return tables
         betas, alpha_bar, final = tables
-        exact = copy.deepcopy(reference)
+        exact = private_copy(reference)
         try:
             exact.betas = betas
             exact.alphas = 1.0 - betas

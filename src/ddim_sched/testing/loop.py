@@ -6,14 +6,13 @@ timesteps and builds the exact reference; this module steps and classifies.
 
 from __future__ import annotations
 
-import copy
 import inspect
 from collections.abc import Callable
 from typing import Any
 
 import torch
 
-from .exact import ExactReference, direction_rounding, landing, relative_error, step_output
+from .exact import ExactReference, direction_rounding, landing, private_copy, relative_error, step_output
 from .report import MatchReport, StepError
 
 Model = Callable[[torch.Tensor, Any], torch.Tensor]
@@ -62,7 +61,7 @@ class ComparisonLoop:
         self.report, self.candidate, self.reference, self.exact, self.model = report, candidate, reference, exact, model
         self.shape, self.dtype, self.eta = options["shape"], options["dtype"], options["eta"]
         self.seed, self.device, self.allow_nonfinite = options["seed"], options["device"], options["allow_nonfinite"]
-        self.probe = copy.deepcopy(reference) if exact is not None else None
+        self.probe = private_copy(reference) if exact is not None else None
         self.diverged = self.rounding = False
         self.origin: str | None = None
         noise = torch.randn(self.shape, generator=torch.Generator().manual_seed(self.seed), dtype=torch.float32)

@@ -40,6 +40,13 @@ class _LockedCache:
             return None
         return self._items.get(key)
 
+    def __getstate__(self) -> dict[str, Any]:
+        # copy.deepcopy and pickle: a lock cannot be copied; the copy gets its own (and an empty cache).
+        return {"_size": self._size}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["_size"])  # type: ignore[misc]
+
     def put(self, key: Hashable, value: Any) -> Any:
         if is_compiling():
             return value

@@ -107,8 +107,9 @@ def _combine_host(terms: Sequence[tuple[float, torch.Tensor]], out: torch.Tensor
     return out
 
 
-def _column(weight: torch.Tensor, ndim: int) -> torch.Tensor:
-    """A weight [B] or [] shaped [B or 1, 1, ..., 1] to broadcast over (and promote) a [B, ...] tensor."""
+def as_column(weight: torch.Tensor, ndim: int) -> torch.Tensor:
+    """A weight of shape [], [B] or a per-element shape, padded with trailing ones to ``ndim`` dimensions,
+    to broadcast over (and promote) a [B, ...] tensor."""
     return weight.reshape(weight.shape + (1,) * (ndim - weight.dim()) if weight.dim() else (1,) * ndim)
 
 
@@ -195,7 +196,7 @@ def _tensor_step(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Tensor weights (any layout): a multiply and an in-place addcmul_ per further term."""
     ndim, out_dtype = sources[_X].dim(), sources[_X].dtype
-    columns = [_column(w, ndim) for w in weights[: len(WEIGHTS)]]
+    columns = [as_column(w, ndim) for w in weights[: len(WEIGHTS)]]
     x0_terms, prev_terms = terms
     # Bounding x̂0 needs it in the compute dtype; otherwise it is written in the output dtype.
     x0 = _combine_tensor([(columns[j], sources[s]) for j, s in x0_terms], None if clip.active else out_dtype)

@@ -16,7 +16,7 @@ import torch
 
 from .validation import as_int, as_real
 
-__all__ = ["eta_values", "is_compiling", "timestep_values"]
+__all__ = ["eta_values", "is_compiling", "per_element_shape", "timestep_values"]
 
 _compiler = getattr(torch, "compiler", None)
 _is_compiling = getattr(_compiler, "is_compiling", lambda: False)
@@ -27,75 +27,91 @@ def is_compiling() -> bool:
     return bool(_is_compiling())
 
 
-def _check_shape(name: str, shape: tuple[int, ...], batch: int) -> None:
-    if len(shape) > 1 or (len(shape) == 1 and shape[0] not in (1, batch)):
+def per_element_shape(name: str, shape: tuple[int, ...], sample_shape: tuple[int, ...]) -> tuple[int, ...]:
+    """The shape a per-element argument broadcasts with over the sample: its own shape padded with trailing
+    ones to the sample's rank ([B] → [B, 1, ..., 1]; [B, 1, F, 1, 1] as it is for video latents [B, C, F, H, W]).
+
+    Raises:
+        ValueError: More dimensions than the sample, or a shape that does not broadcast to it.
+    """
+    ndim = len(sample_shape)
+    padded = shape + (1,) * (ndim - len(shape))
+    if len(shape) > ndim or any(n not in (1, m) for n, m in zip(padded, sample_shape, strict=True)):
         raise ValueError(
-            f"{name} must be a scalar, a 0-d tensor or have shape [{batch}] (one per batch element); got shape {shape}"
+            f"{name} must be a scalar or a tensor that broadcasts over the sample's leading dimensions (shape "
+            f"{list(sample_shape)}: e.g. [], [{sample_shape[0]}] or [{sample_shape[0]}, 1, ...]); got shape {list(shape)}"
         )
+    return padded
 
 
-def _check_range(name: str, values: list[int], num_train_timesteps: int, allow_negative: bool) -> list[int]:
-    """The values, each in [0, T) (negative values become −1 with ``allow_negative``)."""
-    for value in values:
-        if value >= num_train_timesteps or (value < 0 and not allow_negative):
-            bounds = f"< num_train_timesteps={num_train_timesteps}" if allow_negative else (
-                f"lie in [0, num_train_timesteps={num_train_timesteps})"
-            )
-            raise ValueError(f"{name} must {bounds}; got {value}")
-    return [max(v, -1) for v in values]
+def _check_range(name: str, values: np.ndarray, num_train_timesteps: int, allow_negative: bool) -> np.ndarray:
+    """The values, each in [0, T) (negative values become −1 with ``allow_negative``), reported as given."""
+    bad = (values >= num_train_timesteps) | ((values < 0) if not allow_negative else False)
+    if np.any(bad):
+        value = values[np.nonzero(bad)][0]
+        bounds = f"< num_train_timesteps={num_train_timesteps}" if allow_negative else (
+            f"lie in [0, num_train_timesteps={num_train_timesteps})"
+        )
+        raise ValueError(f"{name} must {bounds}; got {int(value)}")
+    return np.maximum(values.astype(np.int64), -1)
 
 
 def timestep_values(
-    value: Any, *, name: str, num_train_timesteps: int, batch: int, allow_negative: bool = False
-) -> int | list[int] | torch.Tensor:
+    value: Any, *, name: str, num_train_timesteps: int, shape: tuple[int, ...], allow_negative: bool = False
+) -> int | np.ndarray | torch.Tensor:
     """Normalise a timestep argument.
 
     Args:
-        value: A Python or numpy integer, a 0-d or 1-D numpy integer array, or an integer tensor of shape
-            [], [1] or [batch], on any device.
+        value: A Python or numpy integer, a 0-d numpy integer array, or an integer array/tensor (any integer
+            dtype, any device) that broadcasts over the sample's leading dimensions (see
+            :func:`per_element_shape`): [], [1], [B], or e.g. [B, 1, F, 1, 1] for per-frame timesteps.
         name: The argument's name, for messages.
         num_train_timesteps: T; host values must lie in [0, T).
-        batch: The sample's batch size.
+        shape: The sample's shape.
         allow_negative: Accept negative values (meaning "past the last step"), returned as −1.
 
     Returns:
-        An int (one value on the host), a list of ``batch`` ints (per-sample values on the host), or an
-        int64 tensor of shape [] or [batch] on the value's device (values not read).
+        An int (one value on the host), an int64 numpy array of the padded shape (per-element values on the
+        host), or an int64 tensor of the padded shape on the value's device (values not read).
 
     Raises:
         TypeError: Not an integer, or a bool / floating / complex tensor.
-        ValueError: A shape that does not match the batch, or a host value out of range (reported as given).
+        ValueError: A shape that does not broadcast, or a host value out of range (reported as given).
     """
     if type(value) is int and 0 <= value < num_train_timesteps:  # the common case, first
         return value
     number = as_int(value)
     if number is not None:
-        return _check_range(name, [number], num_train_timesteps, allow_negative)[0]
-    if isinstance(value, np.ndarray) and (np.issubdtype(value.dtype, np.integer) and not value.dtype == np.bool_):
-        value = torch.from_numpy(value.astype(np.int64)) if value.max(initial=0) < 2**63 else value.tolist()
-        if isinstance(value, list):
-            raise ValueError(f"{name} must lie in [0, num_train_timesteps={num_train_timesteps}); got {max(value)}")
+        return int(_check_range(name, np.array([number], dtype=object), num_train_timesteps, allow_negative)[0])
+    if isinstance(value, np.ndarray):
+        if not np.issubdtype(value.dtype, np.integer):
+            raise TypeError(f"{name} must hold integers; got a numpy array of dtype {value.dtype}")
+        padded = per_element_shape(name, tuple(value.shape), shape)
+        values = _check_range(name, value.astype(object), num_train_timesteps, allow_negative).reshape(padded)
+        return int(values.reshape(-1)[0]) if values.size == 1 else values
     if not isinstance(value, torch.Tensor):
         raise TypeError(f"{name} must be an int or an integer tensor; got {value!r} of type {type(value).__name__}")
     if value.dtype == torch.bool or value.is_floating_point() or value.is_complex():
         raise TypeError(f"{name} must be an integer tensor; got dtype {value.dtype}")
-    _check_shape(name, tuple(value.shape), batch)
+    padded = per_element_shape(name, tuple(value.shape), shape)
     if value.device.type == "cpu" and not is_compiling():
-        values = _check_range(name, [int(v) for v in value.reshape(-1).tolist()], num_train_timesteps, allow_negative)
-        return values[0] if len(values) == 1 else values
-    value = value.to(torch.int64)
+        host = np.array(value.tolist(), dtype=object).reshape(padded)  # exact for uint64 too
+        values = _check_range(name, host, num_train_timesteps, allow_negative)
+        return int(values.reshape(-1)[0]) if values.size == 1 else values
+    value = value.to(torch.int64).reshape(padded)
     return value.clamp(min=-1) if allow_negative else value
 
 
-def eta_values(value: Any, batch: int, device: torch.device) -> float | torch.Tensor:
-    """Normalise η: a real number >= 0, or a floating tensor of shape [], [1] or [batch].
+def eta_values(value: Any, shape: tuple[int, ...], device: torch.device) -> float | torch.Tensor:
+    """Normalise η: a real number >= 0, or a floating tensor that broadcasts over the sample's leading
+    dimensions (:func:`per_element_shape`).
 
     Host values (numbers, CPU tensors of one element) become a float; other tensors are checked on the
-    host when they are CPU tensors and moved to ``device`` without a sync.
+    host when they are CPU tensors, reshaped to the padded shape and moved to ``device`` without a sync.
 
     Raises:
         TypeError: Not a real number or a floating tensor.
-        ValueError: Negative or non-finite (host values), or a shape that does not match the batch.
+        ValueError: Negative or non-finite (host values), or a shape that does not broadcast.
     """
     if type(value) is float and 0.0 <= value < math.inf:  # the common case, first
         return value
@@ -108,7 +124,7 @@ def eta_values(value: Any, batch: int, device: torch.device) -> float | torch.Te
         raise TypeError(f"eta must be a float or a floating-point tensor; got {value!r} of type {type(value).__name__}")
     if not value.is_floating_point():
         raise TypeError(f"eta must be a float or a floating-point tensor; got dtype {value.dtype}")
-    _check_shape("eta", tuple(value.shape), batch)
+    padded = per_element_shape("eta", tuple(value.shape), shape)
     if value.device.type == "cpu" and not is_compiling() and not value.requires_grad:
         values = value.reshape(-1).tolist()
         bad = [v for v in values if not (math.isfinite(v) and v >= 0)]
@@ -116,4 +132,4 @@ def eta_values(value: Any, batch: int, device: torch.device) -> float | torch.Te
             raise ValueError(f"eta must be finite and >= 0; got {bad[0]!r}")
         if len(values) == 1:
             return float(values[0])
-    return value.to(device, non_blocking=True)
+    return value.reshape(padded).to(device, non_blocking=True)

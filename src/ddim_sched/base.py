@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from ._diffusers import SchedulerMixin
-from ._engine import compute_dtype, fused_step
+from ._engine import as_column, compute_dtype, fused_step
 from .arguments import timestep_values
 from .config import DDIMConfig
 from .diffusers_config import ConfigSurface
@@ -227,7 +227,7 @@ class DDIMSchedulerBase(ConfigSurface, SchedulerMixin):  # type: ignore[misc,val
             value,
             name=name,
             num_train_timesteps=self._config.num_train_timesteps,
-            batch=sample.shape[0],
+            shape=tuple(sample.shape),
             allow_negative=allow_negative,
         )
 
@@ -254,9 +254,9 @@ class DDIMSchedulerBase(ConfigSurface, SchedulerMixin):  # type: ignore[misc,val
             or (noise is not None and noise.requires_grad)
             or (isinstance(eta, torch.Tensor) and eta.requires_grad)
         ):
-            shape = (-1,) + (1,) * (sample.dim() - 1)
-            a_t, b_t, a_s, b_s = (c if host else c.to(sample.device).reshape(shape) for c in coefficients[10:])
-            eta_b = eta.to(sample.device).reshape(shape) if isinstance(eta, torch.Tensor) else eta
+            ndim = sample.dim()
+            a_t, b_t, a_s, b_s = (c if host else as_column(c.to(sample.device), ndim) for c in coefficients[10:])
+            eta_b = as_column(eta.to(sample.device), ndim) if isinstance(eta, torch.Tensor) else eta
             z = None if noise is None else noise.to(dtype)
             prev, x0 = ddim_update(
                 model_output.to(dtype), sample.to(dtype), (a_t, b_t), (a_s, b_s), eta_b, prediction_type, clip,
@@ -323,15 +323,15 @@ class DDIMSchedulerBase(ConfigSurface, SchedulerMixin):  # type: ignore[misc,val
     # ------------------------------------------------------------------ forward process
 
     def _marginal(self, timesteps: Any, like: torch.Tensor) -> tuple[float | torch.Tensor, float | torch.Tensor]:
-        """(a, b) = (√ᾱ_t, √(1 − ᾱ_t)): floats for one host timestep, else [B, 1, ..., 1] tensors."""
+        """(a, b) = (√ᾱ_t, √(1 − ᾱ_t)): floats for one host timestep, else tensors that broadcast over ``like``
+        ([B, 1, ..., 1] for per-sample timesteps, any per-element shape)."""
         t = self._timestep_arg(timesteps, like, "timesteps")
         if isinstance(t, int):
             return self._levels.level(t)
-        index = torch.tensor(t, device=like.device) if isinstance(t, list) else t.to(like.device)
+        index = torch.from_numpy(t).to(like.device) if isinstance(t, np.ndarray) else t.to(like.device)
         a, b = self._levels.levels_of(index)
-        shape = (-1,) + (1,) * (like.dim() - 1)
         dtype = compute_dtype(like.dtype)
-        return a.to(dtype).reshape(shape), b.to(dtype).reshape(shape)
+        return a.to(dtype).reshape(index.shape), b.to(dtype).reshape(index.shape)
 
     def _combine(self, first: torch.Tensor, second: torch.Tensor, timesteps: Any, velocity: bool) -> torch.Tensor:
         """a·first + b·second (or a·second − b·first for the velocity), computed in >= float32."""

@@ -18,6 +18,7 @@ import inspect
 import warnings
 from typing import Any, ClassVar, Literal, overload
 
+import numpy as np
 import torch
 
 from ._diffusers import SchedulerMixin  # noqa: F401  (diffusers' pipeline loader looks for it beside the class)
@@ -191,8 +192,11 @@ class DDIMInverseScheduler(DDIMSchedulerBase):
         coefficients: StepCoefficients
         if isinstance(t, int):
             coefficients = schedule.row(schedule.target(t), t, 0.0)
+        elif isinstance(t, np.ndarray):
+            sources = np.array([schedule.target(int(v)) for v in t.reshape(-1)]).reshape(t.shape)
+            coefficients = schedule.rows_at(sources, t, 0.0)
         else:
-            t_tensor = t.to(sample.device) if isinstance(t, torch.Tensor) else torch.tensor(t, device=sample.device)
+            t_tensor = t.to(sample.device)
             coefficients = schedule.rows_of(schedule.targets_of(t_tensor), t_tensor, 0.0)
         config = self._config
         clip = X0Clip("clip" if config.clip_sample else "none", config.clip_sample_range)

@@ -60,7 +60,7 @@ class DDIMParallelScheduler(DDIMScheduler):
         """
         schedule = self._require_schedule()
         _check_pair("model_output", model_output, "sample", sample)
-        eta = eta_values(eta, sample.shape[0], sample.device)
+        eta = eta_values(eta, tuple(sample.shape), sample.device)
         t = self._timestep_arg(timesteps, sample, "timesteps")
         coefficients = self._coefficients(schedule, t, None, eta, model_output, sample)
         prev_sample, _ = self._run_step(model_output, sample, coefficients, eta, self._clip, use_clipped_model_output)

@@ -100,8 +100,8 @@ class NoiseLevels:
         return table
 
     def levels_of(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(a, b) gathered on t's device for integer timesteps t (−1 allowed), flattened to [N]."""
-        alpha_bar = self.table(t.device).index_select(0, (t.reshape(-1) + 1).to(torch.int64))
+        """(a, b) gathered on t's device for integer timesteps t (−1 allowed), of t's shape."""
+        alpha_bar = self.table(t.device).index_select(0, (t.reshape(-1) + 1).to(torch.int64)).reshape(t.shape)
         return vp_level(alpha_bar)
 
 
@@ -199,9 +199,22 @@ class Schedule:
         return row
 
     def rows_of(self, t_from: torch.Tensor, t_to: torch.Tensor, eta: float | torch.Tensor) -> StepCoefficients:
-        """Coefficients [N] in float64 for integer tensors of timesteps, computed on their device."""
+        """Float64 coefficients, elementwise for integer tensors of timesteps (and η) of broadcastable shapes,
+        computed on their device."""
+        t_from, t_to = torch.broadcast_tensors(t_from, t_to)
         a_t, b_t = self.levels.levels_of(t_from)
         a_s, b_s = self.levels.levels_of(t_to)
         if isinstance(eta, torch.Tensor):
-            eta = eta.to(device=a_t.device, dtype=a_t.dtype).reshape(-1)
+            eta = eta.to(device=a_t.device, dtype=a_t.dtype)
         return step_coefficients(a_t, b_t, a_s, b_s, eta, self.prediction_type)
+
+    def rows_at(self, t_from: np.ndarray, t_to: np.ndarray | None, eta: float) -> StepCoefficients:
+        """Float64 coefficients, elementwise for host arrays of timesteps of broadcastable shapes (t_to None:
+        where the sampling step from each t_from lands), from the cached rows of their distinct pairs."""
+        t_from = np.asarray(t_from, dtype=np.int64)
+        t_to = np.array([self.target(int(t)) for t in t_from.reshape(-1)]).reshape(t_from.shape) if t_to is None else t_to
+        t_from, t_to = np.broadcast_arrays(t_from, np.asarray(t_to, dtype=np.int64))
+        pairs, inverse = np.unique(np.stack([t_from.reshape(-1), t_to.reshape(-1)], axis=1), axis=0, return_inverse=True)
+        table = torch.tensor([self.row(int(a), int(b), eta) for a, b in pairs], dtype=torch.float64)
+        columns = table[torch.from_numpy(inverse.reshape(-1))].T.reshape((len(StepCoefficients._fields),) + t_from.shape)
+        return StepCoefficients(*columns.unbind(0))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any, ClassVar, Literal, overload
 
+import numpy as np
 import torch
 
 from ._diffusers import SchedulerMixin  # noqa: F401  (diffusers' pipeline loader looks for it beside the class)
@@ -19,8 +20,10 @@ from .validation import check_floating_tensor
 StepResult = DDIMSchedulerOutput | tuple[torch.Tensor, torch.Tensor]
 
 
-def _as_tensor(value: int | list[int] | torch.Tensor, device: torch.device) -> torch.Tensor:
-    return value.to(device) if isinstance(value, torch.Tensor) else torch.tensor(value, device=device)
+def _as_tensor(value: int | np.ndarray | torch.Tensor, device: torch.device) -> torch.Tensor:
+    if isinstance(value, torch.Tensor):
+        return value.to(device)
+    return torch.as_tensor(np.asarray(value, dtype=np.int64), device=device)
 
 
 class DDIMScheduler(DDIMSchedulerBase):
@@ -91,29 +94,30 @@ class DDIMScheduler(DDIMSchedulerBase):
         self, schedule: Schedule, t: Any, prev_timestep: Any, eta: float | torch.Tensor, model_output: torch.Tensor,
         sample: torch.Tensor,
     ) -> StepCoefficients:
-        """The step's coefficients: host floats for one host timestep, else [B] or [] tensors in float64.
+        """The step's coefficients: host floats for one host timestep, float64 tensors (per sample or per
+        element) otherwise.
 
         A device timestep that is an element of ``timesteps`` counts as a host timestep where the engine
         applies host weights directly (otherwise they would be copied to the device)."""
         if isinstance(t, torch.Tensor) and not is_compiling() and takes_host_weights(model_output, sample):
             known = schedule.host_timestep(t)
             t = t if known is None else known
-        if prev_timestep is None:
-            target: Any = schedule.targets_of(t) if isinstance(t, torch.Tensor) else (
-                [schedule.target(v) for v in t] if isinstance(t, list) else schedule.target(t)
-            )
-        else:
+        target: Any = None
+        if prev_timestep is not None:
             target = self._timestep_arg(prev_timestep, sample, "prev_timestep", allow_negative=True)
         if not isinstance(t, torch.Tensor):
-            self._check_zero_snr([t] if isinstance(t, int) else t)
-        if isinstance(eta, float) and not isinstance(t, torch.Tensor) and not isinstance(target, torch.Tensor):
-            if isinstance(t, int) and isinstance(target, int):
-                return schedule.sampling_row(t, eta) if prev_timestep is None else schedule.row(t, target, eta)
-            pairs = zip(*torch.broadcast_tensors(torch.tensor(t), torch.tensor(target)), strict=True)
-            rows = [schedule.row(int(a), int(b), eta) for a, b in pairs]
-            return StepCoefficients(*torch.tensor(rows, dtype=torch.float64).unbind(1))
+            self._check_zero_snr(np.asarray(t).reshape(-1).tolist())
+            if isinstance(eta, float) and not isinstance(target, torch.Tensor):
+                if isinstance(t, int) and target is None:
+                    return schedule.sampling_row(t, eta)
+                if isinstance(t, int) and isinstance(target, int):
+                    return schedule.row(t, target, eta)
+                return schedule.rows_at(np.asarray(t), None if target is None else np.asarray(target), eta)
         device = sample.device
-        return schedule.rows_of(_as_tensor(t, device), _as_tensor(target, device), eta)
+        t_tensor = _as_tensor(t, device)
+        if target is None:
+            target = schedule.targets_of(t_tensor)
+        return schedule.rows_of(t_tensor, _as_tensor(target, device), eta)
 
     def _noise(self, eta: float | torch.Tensor, sample: torch.Tensor, generator: Generator, variance_noise: Any) -> Any:
         """z for the step: the given ``variance_noise``, or drawn as diffusers draws it; None when η = 0."""
@@ -196,7 +200,7 @@ class DDIMScheduler(DDIMSchedulerBase):
                 f"out must be a tensor of the sample's shape {tuple(sample.shape)} and dtype {sample.dtype}; "
                 f"got {getattr(out, 'shape', out)!r} of dtype {getattr(out, 'dtype', None)}"
             )
-        eta = eta_values(eta, sample.shape[0], sample.device)
+        eta = eta_values(eta, tuple(sample.shape), sample.device)
         coefficients: StepCoefficients
         if type(timestep) is int and prev_timestep is None and type(eta) is float and 0 <= timestep < self._levels.first_zero:
             coefficients = schedule.sampling_row(timestep, eta)  # the common case: one host timestep, ᾱ > 0
@@ -224,7 +228,7 @@ class DDIMScheduler(DDIMSchedulerBase):
         """
         schedule = self._require_schedule()
         t = self._timestep_arg(timestep, torch.empty(1), "timestep")
-        rate = eta_values(eta, 1, torch.device("cpu"))
+        rate = eta_values(eta, (1,), torch.device("cpu"))
         if not isinstance(t, int) or not isinstance(rate, float):
             raise TypeError("coefficients takes one timestep and a float eta")
         return schedule.sampling_row(t, rate)

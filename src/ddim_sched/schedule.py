@@ -10,7 +10,6 @@ number of threads may step one scheduler. Work and memory per schedule are O(S),
 
 from __future__ import annotations
 
-import bisect
 import threading
 from collections.abc import Hashable
 from typing import Any
@@ -19,6 +18,7 @@ import numpy as np
 import torch
 
 from .arguments import is_compiling
+from .spacing import step_target, step_targets
 from .update import StepCoefficients, step_coefficients, vp_level
 
 # Coefficient rows kept per schedule (host floats, one per (from, to, η) step taken).
@@ -147,21 +147,15 @@ class Schedule:
 
     def target(self, t: int) -> int:
         """The timestep a sampling step from t lands on (−1: past the end)."""
-        if self.stride is not None:
-            return max(t - self.stride, -1)
-        position = bisect.bisect_left(self._ascending, t)
-        return self._ascending[position - 1] if position > 0 else -1
+        return step_target(t, self._ascending, self.stride)
 
     def targets_of(self, t: torch.Tensor) -> torch.Tensor:
         """:meth:`target` for an integer tensor of timesteps, on its device, without reading it."""
-        if self.stride is not None:
-            return (t - self.stride).clamp(min=-1)
         key = str(t.device)
         ascending = self._device_ascending.get(key)
         if ascending is None:
             ascending = self._device_ascending.put(key, torch.tensor([-1] + self._ascending, device=t.device))
-        position = torch.searchsorted(ascending, t.to(ascending.dtype), right=False) - 1
-        return ascending.index_select(0, position.clamp(min=0).reshape(-1)).reshape(t.shape)
+        return step_targets(t, ascending, self.stride)
 
     def host_timestep(self, t: torch.Tensor) -> int | None:
         """The value of a 0-d tensor that is an element of this schedule's ``tensor`` (as ``for t in

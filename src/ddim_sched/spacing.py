@@ -12,7 +12,8 @@ and is right for ``leading`` only).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import bisect
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -152,25 +153,29 @@ def check_timesteps(
         ValueError: Empty, not 1-D, out of [0, T), repeated, or in the wrong order (names the first offence).
     """
     if isinstance(timesteps, torch.Tensor):
-        if timesteps.is_floating_point() or timesteps.is_complex():
+        if timesteps.is_floating_point() or timesteps.is_complex() or timesteps.dtype == torch.bool:
             raise TypeError(f"{name} must hold integers; got a tensor of dtype {timesteps.dtype}")
-        array = timesteps.detach().cpu().numpy()
+        array = np.array(timesteps.detach().cpu().tolist(), dtype=object)  # exact for uint64 too
     else:
         array = np.asarray(timesteps)
-    if array.dtype == object or not (np.issubdtype(array.dtype, np.integer) or array.size == 0):
+    if array.dtype == object:
+        if not all(isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_)) for v in array.reshape(-1)):
+            raise TypeError(f"{name} must hold integers; got {timesteps!r}")
+    elif not (np.issubdtype(array.dtype, np.integer) or array.size == 0):
         if np.issubdtype(array.dtype, np.floating) and array.size and np.all(array == np.round(array)):
             array = array.astype(np.int64)
         else:
             raise TypeError(f"{name} must hold integers; got {timesteps!r}")
-    array = array.astype(np.int64)
     if array.ndim != 1 or array.size == 0:
         raise ValueError(f"{name} must be a non-empty 1-D sequence; got shape {tuple(array.shape)}")
-    out_of_range = (array < 0) | (array >= num_train_timesteps)
-    if out_of_range.any():
-        i = int(np.flatnonzero(out_of_range)[0])
+    given = array.astype(object)  # Python ints: range errors report the values as given (uint64 included)
+    bad = [i for i, v in enumerate(given) if not 0 <= v < num_train_timesteps]
+    if bad:
+        i = bad[0]
         raise ValueError(
-            f"{name} must lie in [0, num_train_timesteps={num_train_timesteps}); got {name}[{i}] = {int(array[i])}"
+            f"{name} must lie in [0, num_train_timesteps={num_train_timesteps}); got {name}[{i}] = {int(given[i])}"
         )
+    array = given.astype(np.int64)
     steps = np.diff(array)
     if (steps == 0).any():
         i = int(np.flatnonzero(steps == 0)[0])
@@ -185,8 +190,27 @@ def check_timesteps(
     return array
 
 
+def step_target(t: int, ascending: Sequence[int], stride: int | None) -> int:
+    """Where a sampling step from timestep t lands (−1: past the end): t − stride under diffusers' rule,
+    else the largest visited timestep below t (``ascending``: the visited timesteps, sorted)."""
+    if stride is not None:
+        return max(t - stride, -1)
+    position = bisect.bisect_left(ascending, t)
+    return ascending[position - 1] if position > 0 else -1
+
+
+def step_targets(t: torch.Tensor, ascending: torch.Tensor, stride: int | None) -> torch.Tensor:
+    """:func:`step_target` for a tensor of timesteps, on its device without reading it (``ascending``:
+    the visited timesteps, sorted, with −1 in front, on t's device)."""
+    if stride is not None:
+        return (t - stride).clamp(min=-1)
+    position = torch.searchsorted(ascending, t.to(ascending.dtype).contiguous(), right=False) - 1
+    return ascending.index_select(0, position.clamp(min=0).reshape(-1)).reshape(t.shape)
+
+
 def predecessors(schedule: np.ndarray, num_train_timesteps: int, stride: int | None = None) -> np.ndarray:
-    """For every t in [0, T), the timestep a sampling step from t lands on; −1 means past the end.
+    """For every t in [0, T), the timestep a sampling step from t lands on (:func:`step_target`); −1
+    means past the end.
 
     Args:
         schedule: The visited timesteps (any order), int64.
@@ -196,9 +220,5 @@ def predecessors(schedule: np.ndarray, num_train_timesteps: int, stride: int | N
     Returns:
         int64 array [T] with values in [−1, T−1].
     """
-    everything = np.arange(num_train_timesteps, dtype=np.int64)
-    if stride is not None:
-        return np.maximum(everything - stride, -1)
-    ascending = np.sort(np.asarray(schedule, dtype=np.int64))
-    position = np.searchsorted(ascending, everything, side="left") - 1
-    return np.where(position >= 0, ascending[np.maximum(position, 0)], -1).astype(np.int64)
+    ascending = torch.tensor([-1] + sorted(int(t) for t in np.asarray(schedule).reshape(-1)), dtype=torch.int64)
+    return step_targets(torch.arange(num_train_timesteps), ascending, stride).numpy()

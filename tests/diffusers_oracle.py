@@ -16,9 +16,11 @@ from diffusers.schedulers.scheduling_ddim import rescale_zero_terminal_snr
 from diffusers.utils.torch_utils import randn_tensor
 
 from ddim_sched.config import DIFFUSERS_FIELDS
+from tests.oracle import dummy_model  # re-exported: the tests' one dummy model
 
 # diffusers logs through its own logger; keep the test output readable.
 logging.getLogger("diffusers").setLevel(logging.ERROR)
+
 
 __all__ = [
     "closed_form_step",
@@ -81,15 +83,6 @@ def exact_scheduler(config: dict[str, Any]) -> diffusers.DDIMScheduler:
         torch.tensor(1.0, dtype=torch.float64) if scheduler.config.set_alpha_to_one else scheduler.alphas_cumprod[0]
     )
     return scheduler
-
-
-def dummy_model(sample: torch.Tensor, t: int | torch.Tensor) -> torch.Tensor:
-    """diffusers' scheduler-test model m(x, t) = x · t / (t + 1) (REFERENCE.md §5).
-
-    Evaluated in at least float32 (x · t overflows float16 once |x| > 65504 / t), returned in x's dtype.
-    """
-    dtype = torch.promote_types(sample.dtype, torch.float32)
-    return (sample.to(dtype) * t / (t + 1)).to(sample.dtype)
 
 
 def closed_form_step(

@@ -10,13 +10,8 @@ from __future__ import annotations
 import torch
 
 from ddim_sched import DDIMScheduler
+from tests.oracle import dummy_model
 from tests.tolerances import EXACT_RTOL, rel_l2
-
-
-def dummy_model(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-    """diffusers' test model m(x, t) = x · t/(t+1) (REFERENCE.md §5), for any timestep shape."""
-    t = t.to(x.dtype).reshape((-1,) + (1,) * (x.dim() - 1))
-    return x * t / (t + 1)
 
 
 def test_compiled_sampling_loop_equals_eager():

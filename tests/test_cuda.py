@@ -7,17 +7,12 @@ import pytest
 import torch
 
 from ddim_sched import DDIMScheduler
+from tests.oracle import dummy_model
 from tests.tolerances import PARITY_RTOL, rel_l2
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
 STEPS = 50
-
-
-def dummy_model(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-    """diffusers' test model m(x, t) = x · t/(t+1) (REFERENCE.md §5), for any timestep shape."""
-    t = t.to(x.dtype).reshape((-1,) + (1,) * (x.dim() - 1))
-    return x * t / (t + 1)
 
 
 def _loop(scheduler, x, timesteps, **step_kwargs):

@@ -10,7 +10,8 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from ddim_sched import DDIMInverseScheduler, DDIMScheduler, invert
-from tests.test_inversion import data, exact_model
+from tests.oracle import exact_gaussian_model as exact_model
+from tests.oracle import gaussian_data as data
 from tests.tolerances import EXACT_RTOL, PARITY_RTOL, rel_l2
 
 

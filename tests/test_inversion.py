@@ -10,33 +10,9 @@ import torch
 
 import ddim_sched
 from ddim_sched import DDIMScheduler, invert
+from tests.oracle import exact_gaussian_model as exact_model
+from tests.oracle import gaussian_data as data
 from tests.tolerances import EXACT_RTOL, rel_l2
-
-MU, C = 0.0, 0.5  # N(0, 0.25·I), the data of the issue's measurement
-
-
-def exact_model(scheduler, mu=MU, c=C):
-    """model_fn(x, t) returning the exact prediction for the scheduler's prediction_type."""
-    alpha_bar = scheduler.alpha_bar
-    prediction_type = scheduler.config.prediction_type
-
-    def model_fn(x, t):
-        a = alpha_bar[int(t)].to(x.dtype)
-        residual = (x - a.sqrt() * mu) / (a * c * c + 1 - a)
-        eps = (1 - a).sqrt() * residual
-        if prediction_type == "epsilon":
-            return eps
-        x0 = mu + a.sqrt() * c * c * residual  # E[x0 | x_t], finite at ᾱ = 0 too
-        if prediction_type == "sample":
-            return x0
-        return a.sqrt() * eps - (1 - a).sqrt() * x0  # v
-
-    return model_fn
-
-
-def data(shape=(4, 128), dtype=torch.float64, seed=0, mu=MU, c=C):
-    generator = torch.Generator().manual_seed(seed)
-    return (mu + c * torch.randn(shape, generator=generator, dtype=torch.float64)).to(dtype)
 
 
 def decode(model_fn, x, scheduler):

@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ddim_sched import DDIMScheduler
-from tests.test_kernel import reference_step
+from tests.oracle import closed_form_step as reference_step
 from tests.tolerances import EXACT_RTOL, PARITY_RTOL, rel_l2
 
 HYPOTHESIS = dict(deadline=None, derandomize=True, database=None, suppress_health_check=[HealthCheck.too_slow])

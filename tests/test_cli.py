@@ -408,10 +408,10 @@ def test_usage_errors_exit_2_and_name_the_flag(capsys, tmp_path, monkeypatch, ar
 
 
 def test_a_valid_combination_of_flags_is_not_blamed_on_one_of_them(capsys):
-    # --beta-start 0.5 alone exceeds the default beta_end; with --beta-end 0.6 it is valid.
-    code, out, err = run(capsys, "schedule", "--beta-start", "0.5", "--beta-end", "0.6", "--format", "json")
+    # --beta-start 0.03 alone exceeds the default beta_end (0.02); with --beta-end 0.04 it is valid.
+    code, out, err = run(capsys, "schedule", "--beta-start", "0.03", "--beta-end", "0.04", "--format", "json")
     assert code == 0, err
-    assert json.loads(out)["config"]["beta_start"] == 0.5
+    assert json.loads(out)["config"]["beta_start"] == 0.03
 
 
 def test_a_config_file_error_is_blamed_on_the_file_and_a_flag_error_on_the_flag(capsys, tmp_path):

@@ -166,3 +166,14 @@ def test_img2img_pipeline_gives_equal_images(components, eta):
     assert images.shape == expected.shape == (1, 3, 16, 16)
     assert rel_l2(images, expected) <= PARITY_RTOL[torch.float32]
     assert ours.begin_index == 4 and ours.step_index == 10  # the pipeline ran steps 4..9 of 10
+
+
+@pytest.mark.parametrize("steps, strength, kept", [(50, 0.5, 24), (1000, 0.02, 13), (50, 1.0, 49)])
+def test_strength_counts_the_steps_a_spacing_keeps(steps, strength, kept):
+    # quad drops repeated timesteps: S = 50 keeps 49, S = 1000 keeps 688 (T = 1000). Strength applies to those.
+    scheduler = DDIMScheduler(timestep_spacing="quad", clip_sample=False)
+    timesteps, latent_timestep = img2img_timesteps(scheduler, steps, strength)
+    assert len(timesteps) == kept == int(len(scheduler.timesteps) * strength)
+    assert torch.equal(timesteps, scheduler.timesteps[-kept:])
+    assert scheduler.begin_index == len(scheduler.timesteps) - kept
+    assert latent_timestep.tolist() == [int(timesteps[0])]

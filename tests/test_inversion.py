@@ -201,3 +201,51 @@ def test_sample_rejects_an_inverse_scheduler_and_a_missing_schedule():
         ddim_sched.sample(lambda x, t: x, torch.zeros(1, 2), ddim_sched.DDIMInverseScheduler())
     with pytest.raises(TypeError, match="x_T must be a floating-point"):
         ddim_sched.sample(lambda x, t: x, torch.zeros(1, 2, dtype=torch.int64), DDIMScheduler())
+
+
+def test_report_residuals_fall_with_iterations_and_tol_stops_early():
+    scheduler = DDIMScheduler(clip_sample=False)
+    scheduler.set_timesteps(20)
+    model_fn = exact_model(scheduler)
+    x0 = data()
+    _, classic = invert(model_fn, x0, scheduler, return_report=True)
+    _, exact = invert(model_fn, x0, scheduler, fixed_point_iterations=10, return_report=True)
+    assert len(classic.residuals) == len(exact.residuals) == 20 and exact.timesteps == scheduler.timesteps.tolist()[::-1]
+    assert max(exact.residuals) < 1e-6 < max(classic.residuals)
+    assert all(m <= r for m, r in zip(exact.median_residuals, exact.residuals, strict=True))
+    latent, stopped = invert(model_fn, x0, scheduler, fixed_point_iterations=50, tol=1e-8, return_report=True)
+    assert stopped.converged and max(stopped.residuals) <= 1e-8
+    assert max(stopped.iterations) < 50  # stopped early
+    assert rel_l2(decode(model_fn, latent, scheduler), x0) < 1e-6
+
+
+def test_a_diverging_iteration_is_reported(caplog):
+    """On the 8-mode ring with its exact denoiser the fixed-point map is not a contraction for samples
+    between modes at high noise: the worst residual grows while typical samples converge. invert says so."""
+    import logging
+
+    from ddim_sched.toy import GaussianMixture
+
+    scheduler = DDIMScheduler(clip_sample=False)
+    scheduler.set_timesteps(50)
+    mixture = GaussianMixture.ring(8, radius=1.0, std=0.1, alpha_bar=scheduler)
+    x0 = mixture.sample(256, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    with caplog.at_level(logging.WARNING, logger="ddim_sched"):
+        _, report = invert(mixture.model("epsilon"), x0, scheduler, fixed_point_iterations=10, return_report=True)
+    diverged = [i for i, flag in enumerate(report.diverged) if flag]
+    assert diverged
+    for i in diverged:  # a few samples far off while most converged, and a warning naming the step
+        assert report.residuals[i] > 1e3 * report.median_residuals[i]
+        assert any(f"at timestep {report.timesteps[i]} " in r.getMessage() for r in caplog.records)
+    assert not any(report.diverged[i] for i in range(50) if report.residuals[i] < 1e-9)
+
+
+def test_tol_and_iterations_are_validated():
+    scheduler = DDIMScheduler()
+    scheduler.set_timesteps(5)
+    with pytest.raises(ValueError, match="tol"):
+        invert(lambda x, t: x, data(), scheduler, tol=-1.0)
+    with pytest.raises(TypeError, match="tol"):
+        invert(lambda x, t: x, data(), scheduler, tol="small")
+    with pytest.raises(TypeError, match="fixed_point_iterations"):
+        invert(lambda x, t: x, data(), scheduler, fixed_point_iterations=1.5)

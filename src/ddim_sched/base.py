@@ -209,8 +209,12 @@ class DDIMSchedulerBase(ConfigSurface, SchedulerMixin):  # type: ignore[misc,val
         first_zero = self._levels.first_zero
         for t in timesteps:
             if t >= first_zero:
+                value = self._levels.alpha_bar_at(int(t))
+                what = "alpha_bar is 0 there (zero terminal SNR)" if value == 0 else (
+                    f"alpha_bar is {value:.3g} there, so small that 1/sqrt(alpha_bar) overflows float32 (zero SNR in effect)"
+                )
                 raise ValueError(
-                    f"timestep {int(t)}: alpha_bar is 0 there (zero terminal SNR), but prediction_type is 'epsilon': "
+                    f"timestep {int(t)}: {what}, but prediction_type is 'epsilon': "
                     "x0 = (x - sqrt(1 - alpha_bar) * eps) / sqrt(alpha_bar) is undefined. Use "
                     "prediction_type='v_prediction' (as Lin et al. 2023 prescribe for zero SNR), or a spacing "
                     "that does not visit the last timestep ('leading')."

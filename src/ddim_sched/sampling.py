@@ -123,6 +123,8 @@ class InversionReport:
             point returned (F the forward step); for k = 0 at the classic inversion's point.
         median_residuals: Per step, the median of the same over the batch.
         iterations: Per step, the fixed-point iterations taken (fewer than asked when ``tol`` was met).
+        diverged: Per step, whether the iteration moved some sample further from a solution (its residual
+            grew from the first iterate to the last).
         tol: The tolerance asked for, or None.
     """
 
@@ -130,6 +132,7 @@ class InversionReport:
     residuals: list[float]
     median_residuals: list[float]
     iterations: list[int]
+    diverged: list[bool]
     tol: float | None = None
 
     @property
@@ -231,7 +234,7 @@ def invert(
     # A shallow copy steps with the same tables but leaves the caller's progress counters alone.
     stepper = copy.copy(scheduler)
     timesteps = scheduler.timesteps
-    steps, residuals, medians, iterations = [], [], [], []
+    steps, residuals, medians, iterations, diverging = [], [], [], [], []
     x_next = x0
     for i in range(len(timesteps) - 1, -1, -1):
         t = timesteps[i]
@@ -252,8 +255,9 @@ def invert(
             residuals.append(worst)
             medians.append(median)
             iterations.append(taken)
+            diverging.append(diverged)
         if callback is not None:
             callback(len(timesteps) - 1 - i, t, x_next)
     if return_report:
-        return x_next, InversionReport(steps, residuals, medians, iterations, tol)
+        return x_next, InversionReport(steps, residuals, medians, iterations, diverging, tol)
     return x_next

@@ -70,8 +70,9 @@ class NoiseLevels:
         self.alpha_bar = alpha_bar
         self.final_alpha_bar = float(final_alpha_bar)
         self._host = alpha_bar.numpy()
-        # ᾱ decreases with t: the timesteps with ᾱ = 0 (zero terminal SNR) are those from this one on.
-        zeros = (alpha_bar == 0).nonzero()
+        # ᾱ decreases with t: from this timestep on ᾱ is 0 (zero terminal SNR) or so small (below float32's
+        # max ** -2, e.g. ᾱ underflowing at huge T) that epsilon prediction's x̂0 weight 1/√ᾱ overflows float32.
+        zeros = (alpha_bar < torch.finfo(torch.float32).max ** -2).nonzero()
         self.first_zero = int(zeros[0]) if len(zeros) else len(alpha_bar)
         self._tables = _LockedCache(16)
 

@@ -26,6 +26,17 @@ def _as_tensor(value: int | np.ndarray | torch.Tensor, device: torch.device) -> 
     return torch.as_tensor(np.asarray(value, dtype=np.int64), device=device)
 
 
+def _check_out(out: Any, sample: torch.Tensor) -> None:
+    """``out`` must be a writable tensor of the sample's shape and dtype, no element stored twice."""
+    if not isinstance(out, torch.Tensor) or out.shape != sample.shape or out.dtype != sample.dtype:
+        raise ValueError(
+            f"out must be a tensor of the sample's shape {tuple(sample.shape)} and dtype {sample.dtype}; "
+            f"got {getattr(out, 'shape', out)!r} of dtype {getattr(out, 'dtype', None)}"
+        )
+    if any(stride == 0 and size > 1 for stride, size in zip(out.stride(), out.shape, strict=True)):
+        raise ValueError(f"out must not be an expanded tensor (stride 0 stores one element many times); got strides {out.stride()}")
+
+
 class DDIMScheduler(DDIMSchedulerBase):
     """Denoising diffusion implicit models (Song, Meng & Ermon 2020), a drop-in for diffusers' DDIMScheduler.
 
@@ -195,11 +206,8 @@ class DDIMScheduler(DDIMSchedulerBase):
         """
         schedule = self._require_schedule()
         _check_pair("model_output", model_output, "sample", sample)
-        if out is not None and (not isinstance(out, torch.Tensor) or out.shape != sample.shape or out.dtype != sample.dtype):
-            raise ValueError(
-                f"out must be a tensor of the sample's shape {tuple(sample.shape)} and dtype {sample.dtype}; "
-                f"got {getattr(out, 'shape', out)!r} of dtype {getattr(out, 'dtype', None)}"
-            )
+        if out is not None:
+            _check_out(out, sample)
         eta = eta_values(eta, tuple(sample.shape), sample.device)
         coefficients: StepCoefficients
         if type(timestep) is int and prev_timestep is None and type(eta) is float and 0 <= timestep < self._levels.first_zero:

@@ -39,7 +39,7 @@ def diffusers_fields(config: dict[str, Any]) -> dict[str, Any]:
 
 
 def float64_betas(config: dict[str, Any]) -> torch.Tensor:
-    """β_1..β_T in float64 from the formulas of REFERENCE.md §2, written independently of ddim_sched."""
+    """β_1..β_T in float64 from the formulas of docs/concepts.md (beta schedules), written independently of ddim_sched."""
     T = config.get("num_train_timesteps", 1000)
     start, end = config.get("beta_start", 0.0001), config.get("beta_end", 0.02)
     schedule = config.get("beta_schedule", "linear")
@@ -94,7 +94,7 @@ def closed_form_step(
     use_clipped_model_output: bool = False,
     variance_noise: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """DDIM eq. 12 written from REFERENCE.md §1 on ``scheduler``'s tables (diffusers' stride rule for ᾱ_prev).
+    """DDIM eq. 12 written from docs/reference.md (k-diffusion's view) on ``scheduler``'s tables (diffusers' stride rule for ᾱ_prev).
 
     The direction coefficient √(1 − ᾱ_prev − σ²) is evaluated without cancellation, as
     √((1 − ᾱ_prev)/(1 − ᾱ_t) · ((1 − η²)(1 − ᾱ_t/ᾱ_prev) + ᾱ_t/ᾱ_prev · (1 − ᾱ_prev))): diffusers subtracts,

@@ -103,4 +103,4 @@ def test_diffusers_retrieve_timesteps_with_custom_list():
 def test_diffusers_retrieve_timesteps_with_a_count():
     scheduler = DDIMScheduler(steps_offset=1)
     timesteps, n = retrieve_timesteps(scheduler, num_inference_steps=5, device="cpu")
-    assert timesteps.tolist() == [801, 601, 401, 201, 1] and n == 5  # REFERENCE.md §3
+    assert timesteps.tolist() == [801, 601, 401, 201, 1] and n == 5  # docs/concepts.md (timestep spacings)

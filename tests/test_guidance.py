@@ -1,4 +1,4 @@
-"""rescale_noise_cfg (Lin et al. 2023, REFERENCE.md §7) and slerp (DDIM paper eq. 67)."""
+"""rescale_noise_cfg (Lin et al. 2023, docs/reference.md (guidance rescale)) and slerp (DDIM paper eq. 67)."""
 
 import math
 

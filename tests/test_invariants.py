@@ -1,6 +1,6 @@
 """Closed forms and invariants of DDIM, and the diffusers-compatible configuration surface.
 
-Closed forms (REFERENCE.md §1): fed the exact ε, x0 or v of a noised x0, a deterministic step
+Closed forms (docs/reference.md (k-diffusion's view)): fed the exact ε, x0 or v of a noised x0, a deterministic step
 recovers x0 and lands on the forward marginal at the previous timestep; η = 1 is the DDPM posterior.
 Everything else: zero terminal SNR, spacing, config round trips with diffusers, the output type,
 and that add_noise / get_velocity leave the scheduler alone and compute in at least float32.
@@ -170,7 +170,7 @@ def test_per_sample_timesteps_equal_stepping_each_sample_alone():
 @pytest.mark.parametrize("schedule", SCHEDULES)
 @pytest.mark.parametrize("T", [2, 10, 1000])
 def test_zero_snr_makes_terminal_alpha_bar_zero_and_keeps_the_first(schedule, T):
-    """Lin et al. Algorithm 1 (REFERENCE.md §2): ᾱ_T = 0 exactly, ᾱ_0 unchanged, ᾱ still decreasing."""
+    """Lin et al. Algorithm 1 (docs/concepts.md (beta schedules)): ᾱ_T = 0 exactly, ᾱ_0 unchanged, ᾱ still decreasing."""
     plain = DDIMScheduler(num_train_timesteps=T, beta_schedule=schedule).alpha_bar
     rescaled_scheduler = DDIMScheduler(num_train_timesteps=T, beta_schedule=schedule, rescale_betas_zero_snr=True)
     rescaled = rescaled_scheduler.alpha_bar
@@ -188,7 +188,7 @@ def test_zero_snr_makes_terminal_alpha_bar_zero_and_keeps_the_first(schedule, T)
 @given(T=st.one_of(st.just(1000), st.integers(1, 3000)), data=st.data(), name=st.sampled_from(sorted(SPACINGS)))
 def test_spacing_is_strictly_decreasing_in_range_and_of_length_S(T, data, name):
     """Every registered spacing gives S distinct timesteps in [0, T), noisiest first; "quad" drops the
-    duplicates its rule produces for large S (REFERENCE.md §3), so it gives the number of distinct values."""
+    duplicates its rule produces for large S (docs/concepts.md (timestep spacings)), so it gives the number of distinct values."""
     S = data.draw(st.one_of(st.integers(1, min(T, 100)), st.integers(1, T)), label="num_inference_steps")
     alpha_bar = DDIMScheduler(num_train_timesteps=T).alpha_bar
     # The largest steps_offset that keeps every timestep below T (spacings that ignore it: any value).
@@ -197,7 +197,7 @@ def test_spacing_is_strictly_decreasing_in_range_and_of_length_S(T, data, name):
     timesteps = SPACINGS[name](T, S, steps_offset=offset, alpha_bar=alpha_bar)
     assert timesteps.dtype.kind == "i"
     if name == "quad":
-        rule = (np.linspace(0, math.sqrt(0.8 * T), S) ** 2).astype(np.int64)  # REFERENCE.md §3
+        rule = (np.linspace(0, math.sqrt(0.8 * T), S) ** 2).astype(np.int64)  # docs/concepts.md (timestep spacings)
         assert len(timesteps) == len(np.unique(rule)) <= S
     else:
         assert len(timesteps) == S
@@ -297,7 +297,7 @@ def test_from_config_of_a_pndm_config_loads_silently_and_unknown_keys_warn_once(
     assert scheduler.config.beta_schedule == "scaled_linear" and scheduler.config.steps_offset == 1
     assert scheduler.config.clip_sample is False
     scheduler.set_timesteps(5)
-    assert scheduler.timesteps.tolist() == [801, 601, 401, 201, 1]  # REFERENCE.md §3
+    assert scheduler.timesteps.tolist() == [801, 601, 401, 201, 1]  # docs/concepts.md (timestep spacings)
 
 
 def test_config_attribute_and_key_access_and_frozen():
@@ -377,7 +377,7 @@ def test_add_noise_and_get_velocity_compute_in_float32_for_half_samples(dtype):
 
 
 def test_bf16_add_noise_keeps_the_noise_that_diffusers_loses():
-    """REFERENCE.md §4, issue #9004: diffusers casts ᾱ to bfloat16 before the square root; ᾱ_t for
+    """docs/migration.md (diffusers defects), issue #9004: diffusers casts ᾱ to bfloat16 before the square root; ᾱ_t for
     small t rounds to 1.0, so √(1 − ᾱ_t) = 0 and no noise is added. ddim_sched adds it."""
     config = dict(num_train_timesteps=1000, beta_start=0.0001, beta_end=0.02)
     ours, reference = DDIMScheduler(**config), diffusers_scheduler(config)

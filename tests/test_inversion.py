@@ -74,7 +74,7 @@ def test_float32_fixed_point_inversion():
 
 def test_classic_step_is_the_swapped_ddim_update():
     # k = 0, epsilon: x_i = √ᾱ_i·x̂0 + √(1−ᾱ_i)·ε̂, with ε̂ = ε(x_{i+1}, t_i) and x̂0 read at x_{i+1}
-    # on the level ᾱ_{i+1} it sits at (REFERENCE.md §1, "Inversion").
+    # on the level ᾱ_{i+1} it sits at (docs/reference.md (k-diffusion's view), "Inversion").
     scheduler = DDIMScheduler(clip_sample=False, steps_offset=1, set_alpha_to_one=False)
     scheduler.set_timesteps(4)
     model_fn = exact_model(scheduler)

@@ -38,7 +38,7 @@ def test_eta_one_gives_the_ddpm_posterior_variance():
 
 
 def test_get_variance_reference_numbers():
-    # REFERENCE.md §5: diffusers' _get_variance(t, prev) for the default linear schedule.
+    # docs/reference.md (diffusers' own DDIM test numbers): diffusers' _get_variance(t, prev) for the default linear schedule.
     alpha_bar = DDIMScheduler().alpha_bar
     for (t, prev), expected in {(420, 400): 0.14771, (980, 960): 0.32460, (487, 486): 0.00979, (999, 998): 0.02}.items():
         sigma = ddim_coefficients(alpha_bar[t], alpha_bar[prev], 1.0, "epsilon")[COLUMN["sigma"]]

@@ -14,7 +14,7 @@ latter widened by exactly diffusers' own distance to ``exact`` (where diffusers'
 the larger error, e.g. sample prediction at small t, where 1 − ᾱ_t loses digits in float32).
 Run with ``-s`` to print the largest errors seen per dtype and the notable cases met.
 
-Known diffusers defects (REFERENCE.md §4) are handled explicitly, never silently filtered:
+Known diffusers defects (docs/migration.md (diffusers defects)) are handled explicitly, never silently filtered:
 trailing spacing that yields S + 1 timesteps ending at −1; zero terminal SNR with epsilon
 prediction on a schedule that visits the last timestep (ddim_sched raises; diffusers returns inf);
 NaN from diffusers' η = 1 step at ᾱ_t = 0. Only diffusers' spacings (leading, trailing, linspace)
@@ -180,7 +180,7 @@ def cases(draw, min_T: int = 1, S: int | None = None, allow_terminal_epsilon: bo
 
 def diffusers_timesteps(reference, S: int) -> list[int]:
     """diffusers' timesteps after set_timesteps(S), less the extra −1 its trailing spacing sometimes
-    appends (REFERENCE.md §4; see test_trailing_extra_timestep_defect)."""
+    appends (docs/migration.md (diffusers defects); see test_trailing_extra_timestep_defect)."""
     timesteps = reference.timesteps.tolist()
     if len(timesteps) != S:
         assert reference.config.timestep_spacing == "trailing", reference.config
@@ -396,7 +396,7 @@ def test_timesteps_more_than_train_steps_raise_in_both():
 
 
 def test_trailing_extra_timestep_defect():
-    """REFERENCE.md §4: diffusers' trailing arange yields S + 1 timesteps ending at −1 for some S.
+    """docs/migration.md (diffusers defects): diffusers' trailing arange yields S + 1 timesteps ending at −1 for some S.
 
     For T = 1000 and S = 61 diffusers returns 62 timesteps, the last being −1, which its step then
     reads as alphas_cumprod[−1] (the noisiest ᾱ). ddim_sched returns exactly S: diffusers' first S.
@@ -430,7 +430,7 @@ def test_trailing_extra_timestep_defect():
 
 
 def test_linspace_step_lands_where_diffusers_lands_by_default():
-    """REFERENCE.md §4: with linspace S=10 diffusers steps 999 → 899 although the schedule visits 888.
+    """docs/migration.md (diffusers defects): with linspace S=10 diffusers steps 999 → 899 although the schedule visits 888.
 
     The default prev_timestep_rule="stride" reproduces that for drop-in parity; "schedule" lands on 888.
     """

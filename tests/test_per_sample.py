@@ -1,7 +1,7 @@
 """Per-sample timesteps, η and successors in one step call, and the two successor rules.
 
 A batched call must equal B single calls; the "schedule" rule must land every step on the forward
-marginal of the next visited timestep (REFERENCE.md §4: the stride rule does not for linspace
+marginal of the next visited timestep (docs/migration.md (diffusers defects): the stride rule does not for linspace
 S=10 and trailing S=13).
 """
 
@@ -200,7 +200,7 @@ def test_rules_agree_for_leading_spacing(steps, offset):
     [("linspace", 10, 999, 899, 888), ("trailing", 13, 999, 923, 922)],
 )
 def test_rules_differ_where_reference_says_diffusers_is_wrong(spacing, steps, t, stride_prev, schedule_prev):
-    # REFERENCE.md §4: linspace S=10 visits 999 → 888 but the stride lands on 899 (#11347, #12633);
+    # docs/migration.md (diffusers defects): linspace S=10 visits 999 → 888 but the stride lands on 899 (#11347, #12633);
     # trailing S=13 visits 999 → 922 but the stride lands on 923 (#9261).
     stride, schedule = _pair(timestep_spacing=spacing, clip_sample=False)
     stride.set_timesteps(steps)

@@ -139,7 +139,7 @@ def test_pipeline_init_patches_our_scheduler_config(tiny_sd, parity):
     assert pipe.scheduler.config.steps_offset == 1
     assert pipe.scheduler.config.clip_sample is False
     pipe.scheduler.set_timesteps(5)
-    assert pipe.scheduler.timesteps.tolist() == [801, 601, 401, 201, 1]  # REFERENCE.md §3
+    assert pipe.scheduler.timesteps.tolist() == [801, 601, 401, 201, 1]  # docs/concepts.md (timestep spacings)
 
     call = sd_call(tiny_sd, "latent", False)
     ours = call(pipe)
@@ -169,7 +169,7 @@ def test_signature_inspection_that_pipelines_do(tiny_sd):
     # accepts_timesteps, from inspect.signature(scheduler.set_timesteps)
     timesteps, steps = retrieve_timesteps(pipe.scheduler, timesteps=[901, 501, 101, 1])
     assert timesteps.tolist() == [901, 501, 101, 1] and steps == 4
-    # diffusers' own DDIMScheduler has no `timesteps` parameter (REFERENCE.md §4, PR #7817)
+    # diffusers' own DDIMScheduler has no `timesteps` parameter (docs/migration.md (diffusers defects), PR #7817)
     with pytest.raises(ValueError, match="does not support custom timestep"):
         retrieve_timesteps(diffusers.DDIMScheduler(**SD), timesteps=[901, 501, 101, 1])
     # neither has `sigmas`
@@ -330,7 +330,7 @@ def test_per_sample_timesteps_batched_equal_separate_requests(tiny_sd, parity, c
 
 
 def test_diffusers_step_rejects_per_sample_timesteps(tiny_sd):
-    # REFERENCE.md §4, issue #1784: why generate_staggered needs ddim_sched.
+    # docs/migration.md (diffusers defects), issue #1784: why generate_staggered needs ddim_sched.
     with pytest.raises(RuntimeError, match="ambiguous"):
         sd_loop.generate_staggered(
             tiny_sd.unet, tiny_sd.vae, diffusers.DDIMScheduler(**SD), requests(tiny_sd), num_inference_steps=4

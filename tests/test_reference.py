@@ -1,6 +1,6 @@
-"""Published numbers (REFERENCE.md §2, §3, §5) reproduced independently by ddim_sched.
+"""Published numbers (docs/concepts.md and docs/reference.md) reproduced independently by ddim_sched.
 
-Every expected value here is a fact from REFERENCE.md, cited by section; none is copied from our
+Every expected value here is a published fact, cited by its page in docs/ (reference.md, concepts.md); none is copied from our
 own output. Tolerances are those of the source: diffusers' own scheduler tests check sums to 1e-2,
 means to 1e-3 and variances to 1e-5; Lin et al.'s table values to half a unit of their last digit.
 """
@@ -20,7 +20,7 @@ from .diffusers_oracle import diffusers_scheduler, dummy_model
 def dummy_sample_deter() -> torch.Tensor:
     """diffusers' deterministic test sample: arange(4·3·8·8) reshaped (3, 8, 8, 4), / 768, permuted to (4, 3, 8, 8).
 
-    REFERENCE.md §5 writes arange(384), but its sums and means (e.g. 172.0067 / 0.223967 = 768.0)
+    docs/reference.md (diffusers' own DDIM test numbers) writes arange(384), but its sums and means (e.g. 172.0067 / 0.223967 = 768.0)
     imply 768 elements, which is what the (4, 3, 8, 8) shape holds. The element order is irrelevant
     to the sums: the dummy model and the step act elementwise.
     """
@@ -31,7 +31,7 @@ def dummy_sample_deter() -> torch.Tensor:
 
 
 def full_loop(scheduler) -> torch.Tensor:
-    """REFERENCE.md §5: set_timesteps(10), then x = step(m(x, t), t, x, η=0).prev_sample for each t."""
+    """docs/reference.md (diffusers' own DDIM test numbers): set_timesteps(10), then x = step(m(x, t), t, x, η=0).prev_sample for each t."""
     scheduler.set_timesteps(10)
     x = dummy_sample_deter()
     for t in scheduler.timesteps:
@@ -39,7 +39,7 @@ def full_loop(scheduler) -> torch.Tensor:
     return x
 
 
-# (overrides of the default config, sum |x|, mean |x|), REFERENCE.md §5.
+# (overrides of the default config, sum |x|, mean |x|), docs/reference.md (diffusers' own DDIM test numbers).
 FULL_LOOP_CASES = [
     ({}, 172.0067, 0.223967),
     ({"prediction_type": "v_prediction"}, 52.5302, 0.0684),
@@ -69,7 +69,7 @@ def test_full_loop_reproduces_diffusers_published_sums(overrides, expected_sum, 
     [(0, 0, 0.0), (420, 400, 0.14771), (980, 960, 0.32460), (487, 486, 0.00979), (999, 998, 0.02)],
 )
 def test_ddpm_posterior_variance_matches_published_get_variance(t, prev, expected):
-    """REFERENCE.md §5: diffusers' _get_variance(t, prev) = σ² at η = 1 (default linear schedule)."""
+    """docs/reference.md (diffusers' own DDIM test numbers): diffusers' _get_variance(t, prev) = σ² at η = 1 (default linear schedule)."""
     alpha_bar = DDIMScheduler().alpha_bar
     coefficients = kernel.ddim_coefficients(alpha_bar[t], alpha_bar[prev], 1.0, "epsilon")
     variance = coefficients[..., kernel.COLUMN["sigma"]].item() ** 2
@@ -77,7 +77,7 @@ def test_ddpm_posterior_variance_matches_published_get_variance(t, prev, expecte
 
 
 def test_sigma_scales_linearly_with_eta():
-    """σ(η) = η · σ(1) (REFERENCE.md §1, eq. 16), at the published (420, 400) pair."""
+    """σ(η) = η · σ(1) (docs/reference.md (k-diffusion's view), eq. 16), at the published (420, 400) pair."""
     alpha_bar = DDIMScheduler().alpha_bar
     sigma = [
         kernel.ddim_coefficients(alpha_bar[420], alpha_bar[400], eta, "epsilon")[..., kernel.COLUMN["sigma"]].item()
@@ -99,7 +99,7 @@ SPACING_TABLE = {
 
 @pytest.mark.parametrize("name", sorted(SPACING_TABLE))
 def test_spacing_table_T1000_S10(name):
-    """REFERENCE.md §3, column T=1000, S=10."""
+    """docs/concepts.md (timestep spacings), column T=1000, S=10."""
     expected = SPACING_TABLE[name]
     assert spacing.SPACINGS[name](1000, 10, steps_offset=0).tolist() == expected
     scheduler = DDIMScheduler(timestep_spacing=name)
@@ -112,7 +112,7 @@ def test_spacing_table_T1000_S10(name):
     [(5, [801, 601, 401, 201, 1]), (50, list(range(981, 0, -20)))],
 )
 def test_leading_steps_offset_examples(S, expected):
-    """REFERENCE.md §3: steps_offset=1 with leading, S=5 → [801, …, 1]; S=50 → 981, 961, …, 1."""
+    """docs/concepts.md (timestep spacings): steps_offset=1 with leading, S=5 → [801, …, 1]; S=50 → 981, 961, …, 1."""
     scheduler = DDIMScheduler(steps_offset=1, timestep_spacing="leading")
     scheduler.set_timesteps(S)
     assert scheduler.timesteps.tolist() == expected
@@ -121,14 +121,14 @@ def test_leading_steps_offset_examples(S, expected):
 
 @pytest.mark.parametrize("name", ["trailing", "linspace"])
 def test_steps_offset_only_shifts_leading(name):
-    """REFERENCE.md §3 defines steps_offset for leading only."""
+    """docs/concepts.md (timestep spacings) defines steps_offset for leading only."""
     scheduler = DDIMScheduler(timestep_spacing=name, steps_offset=1)
     scheduler.set_timesteps(10)
     assert scheduler.timesteps.tolist() == SPACING_TABLE[name]
 
 
 def test_quad_spacing_row():
-    """REFERENCE.md §3 quad row (DDIM paper / ermongroup), when the spacing is registered."""
+    """docs/concepts.md (timestep spacings) quad row (DDIM paper / ermongroup), when the spacing is registered."""
     if "quad" not in spacing.SPACINGS:
         pytest.skip("quad spacing is not registered in ddim_sched.spacing.SPACINGS")
     got = spacing.SPACINGS["quad"](1000, 10, steps_offset=0)
@@ -140,7 +140,7 @@ def test_quad_spacing_row():
     [("linspace", 10, 999, 899, 888), ("trailing", 13, 999, 923, 922)],
 )
 def test_stride_rule_lands_off_schedule_as_published(spacing_name, S, t, stride_prev, schedule_prev):
-    """REFERENCE.md §4 (issues #11347, #12633, #9261): diffusers' t − T//S lands off the schedule.
+    """docs/migration.md (diffusers defects) (issues #11347, #12633, #9261): diffusers' t − T//S lands off the schedule.
 
     prev_timestep_rule="stride" (the default, diffusers' behaviour) lands there; "schedule" lands on
     the next visited timestep.
@@ -168,7 +168,7 @@ def test_stride_rule_lands_off_schedule_as_published(spacing_name, S, t, stride_
     ids=["stable-diffusion", "linear", "cosine"],
 )
 def test_terminal_signal_matches_lin_et_al(config, sqrt_alpha_bar_T, snr_T):
-    """REFERENCE.md §2: √ᾱ_T and SNR_T = ᾱ_T / (1 − ᾱ_T) before the zero-SNR rescale, T = 1000."""
+    """docs/concepts.md (beta schedules): √ᾱ_T and SNR_T = ᾱ_T / (1 − ᾱ_T) before the zero-SNR rescale, T = 1000."""
     alpha_bar_T = DDIMScheduler(num_train_timesteps=1000, **config).alpha_bar[-1].item()
     value, tolerance = sqrt_alpha_bar_T
     assert abs(alpha_bar_T**0.5 - value) <= tolerance

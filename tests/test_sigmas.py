@@ -1,4 +1,4 @@
-"""DDIMScheduler.sigmas and the k-diffusion equivalence: DDIM η=0 is Euler on σ in x/√ᾱ coordinates (REFERENCE.md §1)."""
+"""DDIMScheduler.sigmas and the k-diffusion equivalence: DDIM η=0 is Euler on σ in x/√ᾱ coordinates (docs/reference.md (k-diffusion's view))."""
 
 import warnings
 
@@ -18,7 +18,7 @@ def model(x, t):
 
 
 def to_x0_eps(output, x, alpha_bar, prediction_type):
-    """(x̂0, ε̂) from a model output at x on level ᾱ (REFERENCE.md §1), written out independently."""
+    """(x̂0, ε̂) from a model output at x on level ᾱ (docs/reference.md (k-diffusion's view)), written out independently."""
     a, b = alpha_bar.sqrt(), (1 - alpha_bar).sqrt()
     if prediction_type == "epsilon":
         return (x - b * output) / a, output
@@ -95,7 +95,7 @@ def test_ddim_is_euler_on_sigmas(prediction_type, config):
 
 
 def test_diffusers_stride_rule_with_linspace_is_not_euler_on_its_sigmas():
-    # REFERENCE.md §4: with "stride", linspace's first step lands on 899 although 888 comes next,
+    # docs/migration.md (diffusers defects): with "stride", linspace's first step lands on 899 although 888 comes next,
     # so the equivalence (and the sampler) breaks; ddim_sched's "schedule" rule restores it.
     scheduler = DDIMScheduler(clip_sample=False, timestep_spacing="linspace")
     scheduler.set_timesteps(10)

@@ -4,7 +4,7 @@ from ddim_sched import DDIMScheduler
 
 
 def test_leading_schedule_with_offset_matches_reference():
-    # REFERENCE.md §3: steps_offset=1 with leading, S=5 -> [801, 601, 401, 201, 1].
+    # docs/concepts.md (timestep spacings): steps_offset=1 with leading, S=5 -> [801, 601, 401, 201, 1].
     scheduler = DDIMScheduler(steps_offset=1)
     scheduler.set_timesteps(5)
     assert scheduler.timesteps.tolist() == [801, 601, 401, 201, 1]

@@ -1,4 +1,4 @@
-"""snr_shift_scale (CogVideoX's SNR shift, REFERENCE.md §2) against diffusers' CogVideoXDDIMScheduler."""
+"""snr_shift_scale (CogVideoX's SNR shift, docs/concepts.md (beta schedules)) against diffusers' CogVideoXDDIMScheduler."""
 
 import warnings
 

@@ -30,7 +30,7 @@ def log_sigmas(scheduler):
 
 
 def test_quad_reference_row():
-    # REFERENCE.md §3 (the DDIM paper's code): T=1000, S=10.
+    # docs/concepts.md (timestep spacings) (the DDIM paper's code): T=1000, S=10.
     assert spacing.quad(1000, 10).tolist() == [800, 632, 483, 355, 246, 158, 88, 39, 9, 0]
     scheduler = DDIMScheduler(timestep_spacing="quad")
     scheduler.set_timesteps(10)
@@ -38,12 +38,12 @@ def test_quad_reference_row():
 
 
 def test_quad_steps_offset_gives_compvis_quad():
-    # REFERENCE.md §3: CompVis' quad is the ermongroup rule + 1.
+    # docs/concepts.md (timestep spacings): CompVis' quad is the ermongroup rule + 1.
     assert spacing.quad(1000, 10, steps_offset=1).tolist() == [801, 633, 484, 356, 247, 159, 89, 40, 10, 1]
 
 
 def test_quad_drops_duplicates():
-    # REFERENCE.md §3: quad at S=50 has 49 unique timesteps; the duplicate is dropped, not visited twice.
+    # docs/concepts.md (timestep spacings): quad at S=50 has 49 unique timesteps; the duplicate is dropped, not visited twice.
     timesteps = spacing.quad(1000, 50)
     assert len(timesteps) == 49
     scheduler = DDIMScheduler(timestep_spacing="quad", prev_timestep_rule="schedule")

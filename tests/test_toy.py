@@ -78,7 +78,7 @@ def test_zero_snr_timestep_predicts_the_data_mean():
 
 @pytest.mark.parametrize("t", [0, 100, 600, 999])
 def test_predictions_are_consistent_with_the_forward_marginal(t):
-    # x_t = a·x̂0 + b·ε̂ exactly, and v = a·ε̂ − b·x̂0 (REFERENCE.md §1).
+    # x_t = a·x̂0 + b·ε̂ exactly, and v = a·ε̂ − b·x̂0 (docs/reference.md (k-diffusion's view)).
     model = three_mode_mixture()
     x = torch.randn(9, 3, dtype=torch.float64)
     a, b = ab(t)

@@ -15,7 +15,7 @@ fixed point of
 
 Classic DDIM inversion is one application of G_i from x = x_{i+1}: ε̂ at the unknown point x_i is
 approximated by ε̂ at the known point x_{i+1}, which gives x_i = √ᾱ_t·x̂0 + √(1−ᾱ_t)·ε̂ with x̂0 read
-at x_{i+1} on level ᾱ_prev (REFERENCE.md §1: the update with the roles of t and prev swapped).
+at x_{i+1} on level ᾱ_prev (the update with the roles of t and prev swapped: docs/reference.md).
 Each further application is one fixed-point iteration; at the fixed point the forward step lands
 exactly on x_{i+1}, so decoding reproduces x0 up to the iteration's convergence. G_i is written
 with the scheduler's own ``step``, so every prediction type, spacing and successor rule is

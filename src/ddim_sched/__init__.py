@@ -9,7 +9,7 @@
 """
 
 from . import kernel, schedules, spacing, testing, toy, update
-from ._diffusers import SchedulerMixin  # diffusers' pipeline loader looks for the base class here
+from ._diffusers import SchedulerMixin as SchedulerMixin  # diffusers' pipeline loader looks for it here
 from .config import DDIMConfig
 from .config_io import ConfigFileNotFoundError
 from .guidance import rescale_noise_cfg, slerp

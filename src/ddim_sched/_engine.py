@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 import torch
 
@@ -169,10 +169,11 @@ def _host_step(
         sources = [None if v is None else v.to(torch.float32) for v in sources]
     direct = out if out is not None and out.dtype == sources[_X].dtype else None
     x0_terms, prev_terms = terms
-    x0 = _combine_host([(weights[j], sources[s]) for j, s in x0_terms])
+    x0 = _combine_host([(cast(float, weights[j]), sources[s]) for j, s in x0_terms])
     clip.apply_(x0)
     sources = [*sources, x0]
-    prev = _combine_host([(weights[j], sources[s]) for j, s in _reads_destination_first(prev_terms, sources, direct)], direct)
+    ordered = _reads_destination_first(prev_terms, sources, direct)
+    prev = _combine_host([(cast(float, weights[j]), sources[s]) for j, s in ordered], direct)
     if x0.dtype != out_dtype:
         prev, x0 = prev.to(out_dtype), x0.to(out_dtype)
     if out is not None and prev is not out:
@@ -196,7 +197,7 @@ def _tensor_step(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Tensor weights (any layout): a multiply and an in-place addcmul_ per further term."""
     ndim, out_dtype = sources[_X].dim(), sources[_X].dtype
-    columns = [as_column(w, ndim) for w in weights[: len(WEIGHTS)]]
+    columns = [as_column(cast(torch.Tensor, w), ndim) for w in weights[: len(WEIGHTS)]]
     x0_terms, prev_terms = terms
     # Bounding x̂0 needs it in the compute dtype; otherwise it is written in the output dtype.
     x0 = _combine_tensor([(columns[j], sources[s]) for j, s in x0_terms], None if clip.active else out_dtype)

@@ -39,7 +39,8 @@ def per_element_shape(name: str, shape: tuple[int, ...], sample_shape: tuple[int
     if len(shape) > ndim or any(n not in (1, m) for n, m in zip(padded, sample_shape, strict=True)):
         raise ValueError(
             f"{name} must be a scalar or a tensor that broadcasts over the sample's leading dimensions (shape "
-            f"{list(sample_shape)}: e.g. [], [{sample_shape[0]}] or [{sample_shape[0]}, 1, ...]); got shape {list(shape)}"
+            f"{list(sample_shape)}: e.g. [], [{sample_shape[0]}] or [{sample_shape[0]}, 1, ...]); "
+            f"got shape {list(shape)}"
         )
     return padded
 

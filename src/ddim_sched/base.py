@@ -23,7 +23,7 @@ from .diffusers_config import ConfigSurface
 from .schedule import NoiseLevels, Schedule
 from .schedules import alpha_bar_from_betas, make_betas
 from .spacing import SPACINGS, check_timesteps, successor_stride
-from .thresholding import X0Clip
+from .thresholding import ClipMode, X0Clip
 from .update import StepCoefficients, ddim_update
 from .validation import check_floating_tensor, check_int
 
@@ -43,7 +43,7 @@ def _check_pair(first: str, a: Any, second: str, b: Any) -> None:
         raise ValueError(f"{first} must have a batch dimension; got a 0-d tensor")
 
 
-class DDIMSchedulerBase(ConfigSurface, SchedulerMixin):  # type: ignore[misc,valid-type]
+class DDIMSchedulerBase(ConfigSurface, SchedulerMixin):
     """The shared shell of the DDIM schedulers; see :class:`ddim_sched.DDIMScheduler`."""
 
     config_class = DDIMConfig
@@ -84,12 +84,12 @@ class DDIMSchedulerBase(ConfigSurface, SchedulerMixin):  # type: ignore[misc,val
             self.__dict__.pop(name, None)
         self._clear_schedule()
         if request is not None:
-            self.set_timesteps(**request)  # type: ignore[attr-defined]
+            self.set_timesteps(**request)
 
     @staticmethod
     def _x0_clip(config: DDIMConfig) -> X0Clip:
         """How the config bounds x̂0 (thresholding takes precedence over clip_sample, as in diffusers)."""
-        mode = "threshold" if config.thresholding else "clip" if config.clip_sample else "none"
+        mode: ClipMode = "threshold" if config.thresholding else "clip" if config.clip_sample else "none"
         return X0Clip(mode, config.clip_sample_range, config.dynamic_thresholding_ratio, config.sample_max_value)
 
     def _clear_schedule(self) -> None:
@@ -176,7 +176,8 @@ class DDIMSchedulerBase(ConfigSurface, SchedulerMixin):  # type: ignore[misc,val
         S = check_int("num_inference_steps", num_inference_steps)
         if not 1 <= S <= T:
             raise ValueError(f"num_inference_steps must lie in [1, num_train_timesteps={T}]; got {S}")
-        raw = SPACINGS[config.timestep_spacing](T, S, steps_offset=config.steps_offset, alpha_bar=self._levels.alpha_bar)
+        spacing = SPACINGS[config.timestep_spacing]
+        raw = spacing(T, S, steps_offset=config.steps_offset, alpha_bar=self._levels.alpha_bar)
         if raw.size and raw.max() >= T:
             raise ValueError(
                 f"steps_offset={config.steps_offset} with {config.timestep_spacing!r} spacing and "
@@ -211,7 +212,8 @@ class DDIMSchedulerBase(ConfigSurface, SchedulerMixin):  # type: ignore[misc,val
             if t >= first_zero:
                 value = self._levels.alpha_bar_at(int(t))
                 what = "alpha_bar is 0 there (zero terminal SNR)" if value == 0 else (
-                    f"alpha_bar is {value:.3g} there, so small that 1/sqrt(alpha_bar) overflows float32 (zero SNR in effect)"
+                    f"alpha_bar is {value:.3g} there, so small that 1/sqrt(alpha_bar) overflows float32 "
+                    "(zero SNR in effect)"
                 )
                 raise ValueError(
                     f"timestep {int(t)}: {what}, but prediction_type is 'epsilon': "
@@ -259,7 +261,9 @@ class DDIMSchedulerBase(ConfigSurface, SchedulerMixin):  # type: ignore[misc,val
             or (isinstance(eta, torch.Tensor) and eta.requires_grad)
         ):
             ndim = sample.dim()
-            a_t, b_t, a_s, b_s = (c if host else as_column(c.to(sample.device), ndim) for c in coefficients[10:])
+            a_t, b_t, a_s, b_s = (
+                as_column(c.to(sample.device), ndim) if isinstance(c, torch.Tensor) else c for c in coefficients[10:]
+            )
             eta_b = as_column(eta.to(sample.device), ndim) if isinstance(eta, torch.Tensor) else eta
             z = None if noise is None else noise.to(dtype)
             prev, x0 = ddim_update(
@@ -271,7 +275,9 @@ class DDIMSchedulerBase(ConfigSurface, SchedulerMixin):  # type: ignore[misc,val
         if not host:
             columns = torch.stack(torch.broadcast_tensors(*coefficients)).to(device=sample.device, dtype=dtype)
             coefficients = StepCoefficients(*columns.unbind(0))
-        return fused_step(model_output, sample, coefficients, prediction_type, clip, use_clipped_model_output, noise, out)
+        return fused_step(
+            model_output, sample, coefficients, prediction_type, clip, use_clipped_model_output, noise, out
+        )
 
     # ------------------------------------------------------------------ img2img progress
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import functools
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -179,7 +178,10 @@ class DDIMConfig:
     @classmethod
     def defaults(cls) -> dict[str, Any]:
         """Every field's default value."""
-        return dict(_defaults(cls))
+        cached = _DEFAULTS.get(cls)
+        if cached is None:
+            cached = _DEFAULTS[cls] = cls().to_dict()
+        return dict(cached)
 
     @classmethod
     def from_mapping(cls, mapping: Mapping[str, Any], **overrides: Any) -> DDIMConfig:
@@ -204,6 +206,5 @@ class DDIMConfig:
 
 
 
-@functools.cache
-def _defaults(cls: type) -> tuple[tuple[str, Any], ...]:
-    return tuple(cls().to_dict().items())
+# Each config class's default values, computed on first use.
+_DEFAULTS: dict[type, dict[str, Any]] = {}

@@ -95,7 +95,7 @@ class FrozenConfig(dict):
     def __reduce__(self) -> tuple[type, tuple[dict[str, Any], dict[str, Any]]]:
         return (type(self), (dict(self), dict(self._hidden)))
 
-    __setitem__ = __delitem__ = __setattr__ = _readonly  # type: ignore[assignment]
+    __setitem__ = __delitem__ = __setattr__ = _readonly
     clear = pop = popitem = setdefault = update = _readonly  # type: ignore[assignment]
 
 
@@ -104,9 +104,9 @@ def _as_mapping(config: Any) -> Mapping[str, Any]:
     if isinstance(config, Mapping):
         return config
     if hasattr(config, "to_dict") and hasattr(type(config), "field_names"):
-        return config.to_dict()  # type: ignore[no-any-return]
+        return config.to_dict()
     if isinstance(getattr(config, "config", None), Mapping):
-        return config.config  # type: ignore[no-any-return]
+        return config.config
     raise TypeError(f"config must be a mapping, a config dataclass or a scheduler; got {type(config).__name__}")
 
 

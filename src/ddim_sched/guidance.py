@@ -19,7 +19,8 @@ def _compute_dtype(*tensors: torch.Tensor) -> torch.dtype:
 
 def _check_tensor(name: str, value: object) -> torch.Tensor:
     if not isinstance(value, torch.Tensor) or not value.is_floating_point():
-        raise TypeError(f"{name} must be a floating-point torch.Tensor; got {getattr(value, 'dtype', type(value).__name__)}")
+        got = getattr(value, "dtype", type(value).__name__)
+        raise TypeError(f"{name} must be a floating-point torch.Tensor; got {got}")
     return value
 
 
@@ -68,7 +69,9 @@ def rescale_noise_cfg(
             f"and {tuple(noise_pred_text.shape)}"
         )
     if noise_cfg.dim() < 2:
-        raise ValueError(f"noise_cfg must be [B, ...] with at least one non-batch dimension; got shape {tuple(noise_cfg.shape)}")
+        raise ValueError(
+            f"noise_cfg must be [B, ...] with at least one non-batch dimension; got shape {tuple(noise_cfg.shape)}"
+        )
     dtype = _compute_dtype(noise_cfg, noise_pred_text)
     cfg, text = noise_cfg.to(dtype), noise_pred_text.to(dtype)
     dims = tuple(range(1, cfg.dim()))
@@ -109,7 +112,8 @@ def slerp(z0: torch.Tensor, z1: torch.Tensor, alpha: float | torch.Tensor) -> to
     _check_tensor("z1", z1)
     if z0.dim() == 0 or z1.dim() == 0:
         raise ValueError("z0 and z1 must be vectors [D] or batches [B, ...]; got a 0-d tensor")
-    if z0.dim() != z1.dim() or (z0.dim() > 1 and z0.shape[1:] != z1.shape[1:]) or (z0.dim() == 1 and z0.shape != z1.shape):
+    vector = z0.dim() == 1
+    if z0.dim() != z1.dim() or (z0.shape != z1.shape if vector else z0.shape[1:] != z1.shape[1:]):
         raise ValueError(f"z0 and z1 must have the same non-batch shape; got {tuple(z0.shape)} and {tuple(z1.shape)}")
     out_dtype = torch.promote_types(z0.dtype, z1.dtype)
     dtype = _compute_dtype(z0, z1)

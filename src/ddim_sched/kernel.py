@@ -84,16 +84,18 @@ def ddim_step(
     """
     bounds = X0Clip(clip, clip_sample_range, dynamic_thresholding_ratio, sample_max_value)
     if prediction_type not in STRUCTURAL_ZEROS:
-        raise ValueError(f"prediction_type must be one of {', '.join(map(repr, STRUCTURAL_ZEROS))}; got {prediction_type!r}")
+        accepted = ", ".join(map(repr, STRUCTURAL_ZEROS))
+        raise ValueError(f"prediction_type must be one of {accepted}; got {prediction_type!r}")
     if out is not None and (out.shape != sample.shape or out.dtype != sample.dtype):
         raise ValueError(
             f"out must be a tensor of the sample's shape {tuple(sample.shape)} and dtype {sample.dtype}; "
             f"got {tuple(out.shape)} of dtype {out.dtype}"
         )
+    columns: tuple[float | torch.Tensor, ...]
     if isinstance(coefficients, torch.Tensor):
         columns = coefficients.to(device=sample.device, dtype=compute_dtype(sample.dtype)).unbind(-1)
     else:
         columns = tuple(float(c) for c in coefficients)
     levels = (float("nan"),) * (len(StepCoefficients._fields) - len(columns))
-    weights = StepCoefficients(*columns, *levels)  # type: ignore[arg-type]
+    weights = StepCoefficients(*columns, *levels)
     return fused_step(model_output, sample, weights, prediction_type, bounds, use_clipped_model_output, noise, out)

@@ -26,8 +26,9 @@ def randn(
     device = torch.device(device)
     if generator is None:
         return torch.randn(shape, device=device, dtype=dtype)
-    generators = list(generator) if isinstance(generator, (list, tuple)) else [generator]
-    if not generators or not all(isinstance(g, torch.Generator) for g in generators):
+    candidates: list[object] = list(generator) if isinstance(generator, (list, tuple)) else [generator]
+    generators = [g for g in candidates if isinstance(g, torch.Generator)]
+    if not generators or len(generators) != len(candidates):
         raise TypeError(f"generator must be a torch.Generator or a list of them; got {generator!r}")
     gen_device = generators[0].device
     if gen_device.type == "cpu":
@@ -39,6 +40,8 @@ def randn(
     if len(generators) == 1:
         return torch.randn(shape, generator=generators[0], device=draw_device, dtype=dtype).to(device)
     if len(generators) != shape[0]:
-        raise ValueError(f"generator list must hold one generator per batch element ({shape[0]}); got {len(generators)}")
+        raise ValueError(
+            f"generator list must hold one generator per batch element ({shape[0]}); got {len(generators)}"
+        )
     parts = [torch.randn((1,) + shape[1:], generator=g, device=draw_device, dtype=dtype) for g in generators]
     return torch.cat(parts).to(device)

@@ -29,6 +29,7 @@ import logging
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Literal, overload
 
 import torch
 
@@ -153,7 +154,9 @@ def _invert_step(
 ) -> tuple[torch.Tensor, torch.Tensor | None, int, bool]:
     """Solve forward(x) = x_next for x by k fixed-point iterations from x = x_next (samples meeting ``tol``
     stop moving): (x, per-sample residual at x or None, iterations taken, diverged)."""
-    x, residual, first, iterations = x_next, None, None, 0
+    x, iterations = x_next, 0
+    residual: torch.Tensor | None = None
+    first: torch.Tensor | None = None
     for iteration in range(k + 1):
         landed = forward(x)
         residual = _relative_residual(landed, x_next)
@@ -164,10 +167,36 @@ def _invert_step(
         mask = moving.reshape((-1,) + (1,) * (x.dim() - 1))
         x = torch.where(mask, x + (x_next - landed) * inverse_slope, x)  # G(x), the fixed-point map
         iterations = iteration + 1 if iteration < k else iterations
-    diverged = k > 0 and residual is not None and bool((residual > first).any())
+    diverged = k > 0 and residual is not None and first is not None and bool((residual > first).any())
     if report or tol is not None:
         residual = _relative_residual(forward(x), x_next)  # at the returned point: one more model call
     return x, residual, iterations, diverged
+
+
+@overload
+def invert(
+    model_fn: ModelFn,
+    x0: torch.Tensor,
+    scheduler: DDIMScheduler,
+    *,
+    fixed_point_iterations: int = ...,
+    tol: float | None = ...,
+    callback: StepCallback | None = ...,
+    return_report: Literal[False] = ...,
+) -> torch.Tensor: ...
+
+
+@overload
+def invert(
+    model_fn: ModelFn,
+    x0: torch.Tensor,
+    scheduler: DDIMScheduler,
+    *,
+    fixed_point_iterations: int = ...,
+    tol: float | None = ...,
+    callback: StepCallback | None = ...,
+    return_report: Literal[True],
+) -> tuple[torch.Tensor, InversionReport]: ...
 
 
 def invert(

@@ -168,7 +168,8 @@ class Schedule:
         if tensor.numel() == 0 or t.untyped_storage().data_ptr() != tensor.untyped_storage().data_ptr():
             return None
         offset = t.storage_offset() - tensor.storage_offset()
-        index, remainder = divmod(offset, tensor.stride(0)) if tensor.stride(0) else (0, offset)
+        stride = int(tensor.stride(0))
+        index, remainder = divmod(int(offset), stride) if stride else (0, int(offset))
         if remainder or not 0 <= index < len(self.timesteps):
             return None
         return int(self.timesteps[index])
@@ -207,9 +208,12 @@ class Schedule:
         """Float64 coefficients, elementwise for host arrays of timesteps of broadcastable shapes (t_to None:
         where the sampling step from each t_from lands), from the cached rows of their distinct pairs."""
         t_from = np.asarray(t_from, dtype=np.int64)
-        t_to = np.array([self.target(int(t)) for t in t_from.reshape(-1)]).reshape(t_from.shape) if t_to is None else t_to
+        if t_to is None:
+            t_to = np.array([self.target(int(t)) for t in t_from.reshape(-1)]).reshape(t_from.shape)
         t_from, t_to = np.broadcast_arrays(t_from, np.asarray(t_to, dtype=np.int64))
-        pairs, inverse = np.unique(np.stack([t_from.reshape(-1), t_to.reshape(-1)], axis=1), axis=0, return_inverse=True)
-        table = torch.tensor([self.row(int(a), int(b), eta) for a, b in pairs], dtype=torch.float64)
-        columns = table[torch.from_numpy(inverse.reshape(-1))].T.reshape((len(StepCoefficients._fields),) + t_from.shape)
+        pairs = np.stack([t_from.reshape(-1), t_to.reshape(-1)], axis=1)
+        distinct, inverse = np.unique(pairs, axis=0, return_inverse=True)
+        table = torch.tensor([self.row(int(a), int(b), eta) for a, b in distinct], dtype=torch.float64)
+        rows = table[torch.from_numpy(inverse.reshape(-1))]
+        columns = rows.T.reshape((len(StepCoefficients._fields),) + t_from.shape)
         return StepCoefficients(*columns.unbind(0))

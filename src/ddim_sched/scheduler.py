@@ -34,7 +34,9 @@ def _check_out(out: Any, sample: torch.Tensor) -> None:
             f"got {getattr(out, 'shape', out)!r} of dtype {getattr(out, 'dtype', None)}"
         )
     if any(stride == 0 and size > 1 for stride, size in zip(out.stride(), out.shape, strict=True)):
-        raise ValueError(f"out must not be an expanded tensor (stride 0 stores one element many times); got strides {out.stride()}")
+        raise ValueError(
+            f"out must not be an expanded tensor (stride 0 stores one element many times); got strides {out.stride()}"
+        )
 
 
 class DDIMScheduler(DDIMSchedulerBase):
@@ -139,7 +141,8 @@ class DDIMScheduler(DDIMSchedulerBase):
             check_floating_tensor("variance_noise", variance_noise)
             if variance_noise.shape != sample.shape:
                 raise ValueError(
-                    f"variance_noise must have the sample's shape {tuple(sample.shape)}; got {tuple(variance_noise.shape)}"
+                    f"variance_noise must have the sample's shape {tuple(sample.shape)}; "
+                    f"got {tuple(variance_noise.shape)}"
                 )
             return variance_noise.to(sample.device) if stochastic else None
         return randn(sample.shape, generator, sample.device, sample.dtype) if stochastic else None
@@ -210,8 +213,11 @@ class DDIMScheduler(DDIMSchedulerBase):
             _check_out(out, sample)
         eta = eta_values(eta, tuple(sample.shape), sample.device)
         coefficients: StepCoefficients
-        if type(timestep) is int and prev_timestep is None and type(eta) is float and 0 <= timestep < self._levels.first_zero:
-            coefficients = schedule.sampling_row(timestep, eta)  # the common case: one host timestep, ᾱ > 0
+        if (  # the common case: one host timestep with ᾱ > 0, a float η
+            type(timestep) is int and prev_timestep is None and isinstance(eta, float)
+            and 0 <= timestep < self._levels.first_zero
+        ):
+            coefficients = schedule.sampling_row(timestep, eta)
         else:
             t = self._timestep_arg(timestep, sample, "timestep")
             coefficients = self._coefficients(schedule, t, prev_timestep, eta, model_output, sample)

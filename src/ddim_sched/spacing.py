@@ -21,13 +21,17 @@ import torch
 Spacing = Callable[..., np.ndarray]
 
 
-def leading(num_train_timesteps: int, num_inference_steps: int, *, steps_offset: int = 0, alpha_bar=None) -> np.ndarray:
+def leading(
+    num_train_timesteps: int, num_inference_steps: int, *, steps_offset: int = 0, alpha_bar: torch.Tensor | None = None
+) -> np.ndarray:
     """Multiples of T // S from 0, reversed, plus steps_offset (T=1000, S=10: 900, 800, …, 0)."""
     stride = num_train_timesteps // num_inference_steps
     return (np.arange(num_inference_steps, dtype=np.int64) * stride)[::-1] + steps_offset
 
 
-def trailing(num_train_timesteps: int, num_inference_steps: int, *, steps_offset: int = 0, alpha_bar=None) -> np.ndarray:
+def trailing(
+    num_train_timesteps: int, num_inference_steps: int, *, steps_offset: int = 0, alpha_bar: torch.Tensor | None = None
+) -> np.ndarray:
     """round(T − k·T/S) − 1 for k = 0..S−1 (T=1000, S=10: 999, 899, …, 99).
 
     Computed with the same float arithmetic as diffusers, so the values are identical; but exactly S
@@ -38,13 +42,17 @@ def trailing(num_train_timesteps: int, num_inference_steps: int, *, steps_offset
     return values.astype(np.int64) - 1
 
 
-def linspace(num_train_timesteps: int, num_inference_steps: int, *, steps_offset: int = 0, alpha_bar=None) -> np.ndarray:
+def linspace(
+    num_train_timesteps: int, num_inference_steps: int, *, steps_offset: int = 0, alpha_bar: torch.Tensor | None = None
+) -> np.ndarray:
     """round(linspace(0, T−1, S)), reversed (T=1000, S=10: 999, 888, …, 111, 0)."""
     values = np.linspace(0, num_train_timesteps - 1, num_inference_steps).round()[::-1]
     return values.astype(np.int64)
 
 
-def quad(num_train_timesteps: int, num_inference_steps: int, *, steps_offset: int = 0, alpha_bar=None) -> np.ndarray:
+def quad(
+    num_train_timesteps: int, num_inference_steps: int, *, steps_offset: int = 0, alpha_bar: torch.Tensor | None = None
+) -> np.ndarray:
     """The DDIM paper's quadratic sub-sequence: int(linspace(0, √(0.8·T), S)²), reversed, plus steps_offset.
 
     T=1000, S=10: 800, 632, 483, 355, 246, 158, 88, 39, 9, 0 (ermongroup/ddim's ``skip_type="quad"``;
@@ -82,7 +90,9 @@ def _nearest_distinct(ideal: np.ndarray, num_train_timesteps: int) -> np.ndarray
     return t
 
 
-def karras(num_train_timesteps: int, num_inference_steps: int, *, steps_offset: int = 0, alpha_bar=None) -> np.ndarray:
+def karras(
+    num_train_timesteps: int, num_inference_steps: int, *, steps_offset: int = 0, alpha_bar: torch.Tensor | None = None
+) -> np.ndarray:
     """Karras et al. ρ = 7 noise levels between the schedule's σ_min = σ_0 and σ_max = σ_{T−1},
     each mapped to the nearest discrete timestep in log σ, with σ_t = √((1 − ᾱ_t)/ᾱ_t).
 
@@ -126,7 +136,9 @@ SPACINGS: dict[str, Spacing] = {
 STRIDED_SPACINGS: tuple[str, ...] = ("leading", "trailing", "linspace")
 
 
-def successor_stride(prev_timestep_rule: str, timestep_spacing: str | None, num_train_timesteps: int, num_steps: int) -> int | None:
+def successor_stride(
+    prev_timestep_rule: str, timestep_spacing: str | None, num_train_timesteps: int, num_steps: int
+) -> int | None:
     """diffusers' stride T // S where the "stride" rule applies (its own spacings), else None.
 
     ``timestep_spacing`` is None for a custom schedule, which always steps along itself.

@@ -35,7 +35,7 @@ terminal SNR, b = 0 for a clean sample) they give the limits of the formulas.
 from __future__ import annotations
 
 import math
-from typing import NamedTuple, TypeVar
+from typing import NamedTuple, Union, overload
 
 import torch
 
@@ -59,7 +59,7 @@ __all__ = [
 PREDICTION_TYPES: tuple[str, ...] = ("epsilon", "sample", "v_prediction", "flow_prediction")
 
 # A number: a Python float, or a tensor broadcastable against the others.
-Number = TypeVar("Number", float, torch.Tensor)
+Number = Union[float, torch.Tensor]  # noqa: UP007 (a runtime alias, for Python 3.10's annotations too)
 
 
 def _is_tensor(*values: object) -> bool:
@@ -78,6 +78,14 @@ def _divide(numerator: Number, denominator: Number) -> Number:
     if _is_tensor(numerator, denominator) or denominator != 0:
         return numerator / denominator
     return math.copysign(math.inf, numerator) if numerator != 0 else math.nan
+
+
+@overload
+def vp_level(alpha_bar: float) -> tuple[float, float]: ...
+
+
+@overload
+def vp_level(alpha_bar: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]: ...
 
 
 def vp_level(alpha_bar: Number) -> tuple[Number, Number]:

@@ -20,6 +20,7 @@ from ._engine import as_column, compute_dtype, fused_step
 from .arguments import timestep_values
 from .config import DDIMConfig
 from .diffusers_config import ConfigSurface
+from .progress import StepProgress
 from .schedule import NoiseLevels, Schedule
 from .schedules import alpha_bar_from_betas, make_betas
 from .spacing import SPACINGS, check_timesteps, successor_stride
@@ -43,7 +44,7 @@ def _check_pair(first: str, a: Any, second: str, b: Any) -> None:
         raise ValueError(f"{first} must have a batch dimension; got a 0-d tensor")
 
 
-class DDIMSchedulerBase(ConfigSurface, SchedulerMixin):
+class DDIMSchedulerBase(StepProgress, ConfigSurface, SchedulerMixin):
     """The shared shell of the DDIM schedulers; see :class:`ddim_sched.DDIMScheduler`."""
 
     config_class = DDIMConfig
@@ -96,7 +97,6 @@ class DDIMSchedulerBase(ConfigSurface, SchedulerMixin):
         self._schedule = None
         self._schedule_request: dict[str, Any] | None = None
         self.num_inference_steps: int | None = None
-        self._begin_index: int | None = None
         self._reset_progress()
 
     def _install(self, schedule: Schedule, request: dict[str, Any] | None) -> None:
@@ -104,7 +104,6 @@ class DDIMSchedulerBase(ConfigSurface, SchedulerMixin):
         self._schedule = schedule
         self._schedule_request = request
         self.num_inference_steps = len(schedule)
-        self._begin_index = None
         self._reset_progress()
 
     @property
@@ -278,57 +277,6 @@ class DDIMSchedulerBase(ConfigSurface, SchedulerMixin):
         return fused_step(
             model_output, sample, coefficients, prediction_type, clip, use_clipped_model_output, noise, out
         )
-
-    # ------------------------------------------------------------------ img2img progress
-
-    def _reset_progress(self) -> None:
-        self._steps_taken = 0
-        self._first_timestep: Any = None
-
-    def _count_step(self, timestep: Any) -> None:
-        if self._first_timestep is None:
-            self._first_timestep = timestep
-        self._steps_taken += 1
-
-    @property
-    def begin_index(self) -> int | None:
-        """Index of the first timestep to run, set by a pipeline with :meth:`set_begin_index`."""
-        return self._begin_index
-
-    def set_begin_index(self, begin_index: int = 0) -> None:
-        """Declare that sampling starts at ``timesteps[begin_index]`` (img2img); call after set_timesteps.
-
-        Raises:
-            TypeError: Not an int.
-            ValueError: Outside [0, len(timesteps)).
-        """
-        index = check_int("begin_index", begin_index)
-        if not 0 <= index < len(self.timesteps):
-            raise ValueError(f"begin_index must lie in [0, {len(self.timesteps)}); got {index}")
-        self._begin_index = index
-
-    @property
-    def step_index(self) -> int | None:
-        """Index in :attr:`timesteps` of the next step (None before the first step).
-
-        When begin_index is unset and the first timestep was a device tensor, reading this property
-        copies one value to the host; stepping never does. With several threads stepping one scheduler
-        the count is theirs together.
-        """
-        if self._first_timestep is None:
-            return None
-        start = self._begin_index
-        if start is None:
-            first = self._first_timestep
-            if isinstance(first, torch.Tensor):
-                if first.numel() != 1:
-                    return None
-                first = int(first.reshape(()).item())
-            matches = np.flatnonzero(self.timesteps.cpu().numpy() == first)
-            if matches.size == 0:
-                return None
-            start = int(matches[0])
-        return start + self._steps_taken
 
     # ------------------------------------------------------------------ forward process
 

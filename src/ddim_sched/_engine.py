@@ -197,7 +197,8 @@ def _tensor_step(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Tensor weights (any layout): a multiply and an in-place addcmul_ per further term."""
     ndim, out_dtype = sources[_X].dim(), sources[_X].dtype
-    columns = [as_column(cast(torch.Tensor, w), ndim) for w in weights[: len(WEIGHTS)]]
+    # (indexing, not slicing: dynamo in torch 2.6 cannot slice a NamedTuple)
+    columns = [as_column(cast(torch.Tensor, weights[i]), ndim) for i in range(len(WEIGHTS))]
     x0_terms, prev_terms = terms
     # Bounding x̂0 needs it in the compute dtype; otherwise it is written in the output dtype.
     x0 = _combine_tensor([(columns[j], sources[s]) for j, s in x0_terms], None if clip.active else out_dtype)

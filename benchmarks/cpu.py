@@ -130,6 +130,52 @@ def main() -> None:
         f"new outputs {fmt_us(new)} µs ({new / fl:.2f}× floor)"
     )
 
+    # A new η every step (an annealed schedule) against one fixed η: work per step, not per η.
+    print("\n| annealed η, fp32 | fixed η µs | new η every call µs | ratio |\n|---|---|---|---|")
+    annealed_ratios = []
+    for shape in (SMALL, LARGE):
+        _, ours = schedulers("off")
+        x, m, z = inputs(shape, torch.float32)
+        t = int(ours.timesteps[25])
+        counter = iter(range(10**9))
+        timer = Timer(rounds=rounds)
+        timer.run(
+            {
+                "fixed": lambda: ours.step(m, t, x, eta=0.5, variance_noise=z),
+                "annealed": lambda: ours.step(m, t, x, eta=0.5 + next(counter) * 1e-9, variance_noise=z),
+            }
+        )
+        fixed, annealed = timer.best("fixed"), timer.best("annealed")
+        annealed_ratios.append(annealed / fixed)
+        print(f"| {'×'.join(map(str, shape))} | {fmt_us(fixed)} | {fmt_us(annealed)} | {annealed / fixed:.2f} |")
+
+    # Huge T: set-up is per schedule (S timesteps), not per T.
+    import time
+
+    import ddim_sched
+
+    print("\n| T (cosine betas, v-prediction) | construct ms | set_timesteps(50) ms | first step ms | next step ms |")
+    print("|---|---|---|---|---|")
+    huge_first_step = 0.0
+    for T in (10**3, 10**6, 10**7):
+        x, m, _ = inputs(SMALL, torch.float32)
+        start = time.perf_counter()
+        huge = ddim_sched.DDIMScheduler(
+            num_train_timesteps=T, beta_schedule="squaredcos_cap_v2", prediction_type="v_prediction", clip_sample=False
+        )
+        built = time.perf_counter()
+        huge.set_timesteps(50)
+        planned = time.perf_counter()
+        huge.step(m, int(huge.timesteps[1]), x)
+        first = time.perf_counter()
+        huge.step(m, int(huge.timesteps[2]), x)
+        second = time.perf_counter()
+        huge_first_step = max(huge_first_step, first - planned)
+        print(
+            f"| {T:,} | {1e3 * (built - start):.1f} | {1e3 * (planned - built):.2f} | {1e3 * (first - planned):.2f} | "
+            f"{1e3 * (second - first):.2f} |"
+        )
+
     if args.compile:
         _, ours = schedulers("off")
         step = torch.compile(ours.step, fullgraph=True)
@@ -162,6 +208,8 @@ def main() -> None:
             thresh[0] / thresh[1] >= 3 and thresh[2] <= 1e-4,
         ),
         ("per-sample batch of 16 <= 2 × one scalar call", per_sample / scalar, per_sample / scalar <= 2),
+        ("a new η every step <= 1.5 × a fixed η (worst size)", max(annealed_ratios), max(annealed_ratios) <= 1.5),
+        ("T = 10^7: first step after set_timesteps < 10 ms (seconds)", huge_first_step, huge_first_step < 0.01),
     ]
     print("\n| target | measured | met |\n|---|---|---|")
     for name, value, ok in checks:

@@ -221,6 +221,17 @@ class DDIMSchedulerBase(StepProgress, ConfigSurface, SchedulerMixin):
                     "that does not visit the last timestep ('leading')."
                 )
 
+    def previous_timestep(self, timestep: int | torch.Tensor) -> int | torch.Tensor:
+        """The timestep a sampling step from ``timestep`` lands on under the config's rule (−1: past the
+        end). For an inverse scheduler, the level its step labelled ``timestep`` starts from.
+
+        An int for an int, a tensor of the timestep's shape (on its device, not read) for a tensor.
+        """
+        schedule = self._require_schedule()
+        if isinstance(timestep, torch.Tensor):
+            return schedule.targets_of(timestep.to(torch.int64))
+        return schedule.target(self._timestep_arg(timestep, torch.empty(1), "timestep"))
+
     def _require_schedule(self) -> Schedule:
         schedule = self._schedule
         if schedule is None:

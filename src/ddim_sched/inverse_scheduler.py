@@ -144,14 +144,6 @@ class DDIMInverseScheduler(DDIMSchedulerBase):
             schedule, {"num_inference_steps": num_inference_steps, "device": device, "timesteps": timesteps}
         )
 
-    def previous_timestep(self, timestep: int | torch.Tensor) -> int | torch.Tensor:
-        """The level an inverse step labelled ``timestep`` starts from (−1: the clean sample, ᾱ =
-        initial_alpha_cumprod): the timestep a DDIMScheduler's step from ``timestep`` lands on."""
-        schedule = self._require_schedule()
-        if isinstance(timestep, torch.Tensor):
-            return schedule.targets_of(timestep.to(torch.int64))
-        return schedule.target(self._timestep_arg(timestep, torch.empty(1), "timestep"))
-
     # ------------------------------------------------------------------ the step
 
     @overload

@@ -94,13 +94,6 @@ class DDIMScheduler(DDIMSchedulerBase):
             schedule, {"num_inference_steps": num_inference_steps, "device": device, "timesteps": timesteps}
         )
 
-    def previous_timestep(self, timestep: int | torch.Tensor) -> int | torch.Tensor:
-        """The timestep a step from ``timestep`` lands on under the config's rule (−1: past the end)."""
-        schedule = self._require_schedule()
-        if isinstance(timestep, torch.Tensor):
-            return schedule.targets_of(timestep.to(torch.int64))
-        return schedule.target(self._timestep_arg(timestep, torch.empty(1), "timestep"))
-
     # ------------------------------------------------------------------ the step
 
     def _coefficients(

@@ -110,6 +110,8 @@ def _combine_host(terms: Sequence[tuple[float, torch.Tensor]], out: torch.Tensor
 def as_column(weight: torch.Tensor, ndim: int) -> torch.Tensor:
     """A weight of shape [], [B] or a per-element shape, padded with trailing ones to ``ndim`` dimensions,
     to broadcast over (and promote) a [B, ...] tensor."""
+    if weight.dim() == ndim:
+        return weight
     return weight.reshape(weight.shape + (1,) * (ndim - weight.dim()) if weight.dim() else (1,) * ndim)
 
 

@@ -96,7 +96,10 @@ def timestep_values(
         raise TypeError(f"{name} must be an integer tensor; got dtype {value.dtype}")
     padded = per_element_shape(name, tuple(value.shape), shape)
     if value.device.type == "cpu" and not is_compiling():
-        host = np.array(value.tolist(), dtype=object).reshape(padded)  # exact for uint64 too
+        if getattr(torch, "uint64", None) == value.dtype:
+            host = np.array(value.tolist(), dtype=object).reshape(padded)  # exact above 2**63 too
+        else:
+            host = value.detach().reshape(padded).to(torch.int64).numpy()
         values = _check_range(name, host, num_train_timesteps, allow_negative)
         return int(values.reshape(-1)[0]) if values.size == 1 else values
     value = value.to(torch.int64).reshape(padded)

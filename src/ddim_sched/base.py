@@ -263,7 +263,8 @@ class DDIMSchedulerBase(StepProgress, ConfigSurface, SchedulerMixin):
         """(x_s, x̂0): the fused engine, or while autograd records the plain step as the paper writes it."""
         prediction_type = self._config.prediction_type
         dtype = compute_dtype(sample.dtype)
-        host = not isinstance(coefficients.prev_x, torch.Tensor)
+        weight = coefficients.prev_x
+        host = not isinstance(weight, torch.Tensor)
         if torch.is_grad_enabled() and (
             model_output.requires_grad
             or sample.requires_grad
@@ -282,7 +283,7 @@ class DDIMSchedulerBase(StepProgress, ConfigSurface, SchedulerMixin):
             )
             prev, x0 = prev.to(sample.dtype), x0.to(sample.dtype)
             return (prev if out is None else out.copy_(prev)), x0
-        if not host:
+        if isinstance(weight, torch.Tensor) and (weight.dtype != dtype or weight.device != sample.device):
             columns = torch.stack(torch.broadcast_tensors(*coefficients)).to(device=sample.device, dtype=dtype)
             coefficients = StepCoefficients(*columns.unbind(0))
         return fused_step(

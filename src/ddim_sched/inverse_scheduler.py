@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from ._diffusers import SchedulerMixin  # noqa: F401  (diffusers' pipeline loader looks for it beside the class)
-from ._engine import takes_host_weights
+from ._engine import compute_dtype, takes_host_weights
 from .arguments import is_compiling
 from .base import DDIMSchedulerBase, TimestepsArg, _check_pair
 from .output import DDIMSchedulerOutput
@@ -186,7 +186,7 @@ class DDIMInverseScheduler(DDIMSchedulerBase):
             coefficients = schedule.row(schedule.target(t), t, 0.0)
         elif isinstance(t, np.ndarray):
             sources = np.array([schedule.target(int(v)) for v in t.reshape(-1)]).reshape(t.shape)
-            coefficients = schedule.rows_at(sources, t, 0.0)
+            coefficients = schedule.rows_at(sources, t, 0.0, compute_dtype(sample.dtype), sample.device)
         else:
             t_tensor = t.to(sample.device)
             coefficients = schedule.rows_of(schedule.targets_of(t_tensor), t_tensor, 0.0)

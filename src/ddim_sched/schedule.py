@@ -132,6 +132,7 @@ class Schedule:
         self.prediction_type = prediction_type
         self.stride = stride
         self._ascending = sorted(int(t) for t in self.timesteps)
+        self._ascending_array = np.array(self._ascending, dtype=np.int64)
         self.tensor = torch.from_numpy(self.timesteps.copy()).to(device)
         self._tensor_version = self.tensor._version
         self._rows = _LockedCache(ROW_CACHE_SIZE)
@@ -194,6 +195,17 @@ class Schedule:
             row = self._rows.put(key, step_coefficients(a_t, b_t, a_s, b_s, eta, self.prediction_type))
         return row
 
+    def _visited_table(self, eta: float, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+        """[fields, S]: the sampling rows of every visited timestep (ascending) with η, in ``dtype`` on
+        ``device``, built once per (η, dtype, device) and cached."""
+        key = ("table", eta, dtype, str(device))
+        table = self._rows.get(key)
+        if table is None:
+            rows = [self.sampling_row(t, eta) for t in self._ascending]
+            table = torch.tensor(rows, dtype=torch.float64).to(dtype).T.contiguous().to(device)
+            table = self._rows.put(key, table)
+        return table
+
     def rows_of(self, t_from: torch.Tensor, t_to: torch.Tensor, eta: float | torch.Tensor) -> StepCoefficients:
         """Float64 coefficients, elementwise for integer tensors of timesteps (and η) of broadcastable shapes,
         computed on their device."""
@@ -204,16 +216,28 @@ class Schedule:
             eta = eta.to(device=a_t.device, dtype=a_t.dtype)
         return step_coefficients(a_t, b_t, a_s, b_s, eta, self.prediction_type)
 
-    def rows_at(self, t_from: np.ndarray, t_to: np.ndarray | None, eta: float) -> StepCoefficients:
-        """Float64 coefficients, elementwise for host arrays of timesteps of broadcastable shapes (t_to None:
-        where the sampling step from each t_from lands), from the cached rows of their distinct pairs."""
+    def rows_at(
+        self, t_from: np.ndarray, t_to: np.ndarray | None, eta: float, dtype: torch.dtype, device: torch.device
+    ) -> StepCoefficients:
+        """Coefficients elementwise for host arrays of timesteps of broadcastable shapes (t_to None: where
+        the sampling step from each t_from lands), from the cached float64 rows of their distinct values,
+        cast once to ``dtype`` on ``device``."""
         t_from = np.asarray(t_from, dtype=np.int64)
         if t_to is None:
-            t_to = np.array([self.target(int(t)) for t in t_from.reshape(-1)]).reshape(t_from.shape)
-        t_from, t_to = np.broadcast_arrays(t_from, np.asarray(t_to, dtype=np.int64))
-        pairs = np.stack([t_from.reshape(-1), t_to.reshape(-1)], axis=1)
-        distinct, inverse = np.unique(pairs, axis=0, return_inverse=True)
-        table = torch.tensor([self.row(int(a), int(b), eta) for a, b in distinct], dtype=torch.float64)
-        rows = table[torch.from_numpy(inverse.reshape(-1))]
-        columns = rows.T.reshape((len(StepCoefficients._fields),) + t_from.shape)
-        return StepCoefficients(*columns.unbind(0))
+            position = np.minimum(np.searchsorted(self._ascending_array, t_from), len(self._ascending) - 1)
+            if np.array_equal(self._ascending_array[position], t_from):  # all visited: one gather
+                table = self._visited_table(eta, dtype, device)
+                index = torch.from_numpy(position.reshape(-1)).to(device)
+                return StepCoefficients(*table[:, index].reshape((table.shape[0],) + t_from.shape).unbind(0))
+            distinct, inverse = np.unique(t_from, return_inverse=True)
+            rows = [self.sampling_row(int(t), eta) for t in distinct]
+            shape = t_from.shape
+        else:
+            t_from, t_to = np.broadcast_arrays(t_from, np.asarray(t_to, dtype=np.int64))
+            pairs = np.stack([t_from.reshape(-1), t_to.reshape(-1)], axis=1)
+            distinct, inverse = np.unique(pairs, axis=0, return_inverse=True)
+            rows = [self.row(int(a), int(b), eta) for a, b in distinct]
+            shape = t_from.shape
+        table = torch.tensor(rows, dtype=torch.float64).to(dtype).T.contiguous()  # [fields, distinct]
+        columns = table[:, torch.from_numpy(inverse.reshape(-1))].reshape((table.shape[0],) + shape)
+        return StepCoefficients(*columns.to(device).unbind(0))

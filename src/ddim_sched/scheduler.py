@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from ._diffusers import SchedulerMixin  # noqa: F401  (diffusers' pipeline loader looks for it beside the class)
-from ._engine import takes_host_weights
+from ._engine import compute_dtype, takes_host_weights
 from .arguments import eta_values, is_compiling
 from .base import DDIMSchedulerBase, TimestepsArg, _check_pair
 from .noise import Generator, randn
@@ -112,13 +112,15 @@ class DDIMScheduler(DDIMSchedulerBase):
         if prev_timestep is not None:
             target = self._timestep_arg(prev_timestep, sample, "prev_timestep", allow_negative=True)
         if not isinstance(t, torch.Tensor):
-            self._check_zero_snr(np.asarray(t).reshape(-1).tolist())
+            self._check_zero_snr([int(np.max(t))])
             if isinstance(eta, float) and not isinstance(target, torch.Tensor):
                 if isinstance(t, int) and target is None:
                     return schedule.sampling_row(t, eta)
                 if isinstance(t, int) and isinstance(target, int):
                     return schedule.row(t, target, eta)
-                return schedule.rows_at(np.asarray(t), None if target is None else np.asarray(target), eta)
+                dtype = compute_dtype(sample.dtype)
+                to = None if target is None else np.asarray(target)
+                return schedule.rows_at(np.asarray(t), to, eta, dtype, sample.device)
         device = sample.device
         t_tensor = _as_tensor(t, device)
         if target is None:

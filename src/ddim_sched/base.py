@@ -264,7 +264,6 @@ class DDIMSchedulerBase(StepProgress, ConfigSurface, SchedulerMixin):
         prediction_type = self._config.prediction_type
         dtype = compute_dtype(sample.dtype)
         weight = coefficients.prev_x
-        host = not isinstance(weight, torch.Tensor)
         if torch.is_grad_enabled() and (
             model_output.requires_grad
             or sample.requires_grad

@@ -112,7 +112,7 @@ class DDIMScheduler(DDIMSchedulerBase):
         if prev_timestep is not None:
             target = self._timestep_arg(prev_timestep, sample, "prev_timestep", allow_negative=True)
         if not isinstance(t, torch.Tensor):
-            self._check_zero_snr([int(np.max(t))])
+            self._check_zero_snr([int(np.max(t))] if np.size(t) else [])
             if isinstance(eta, float) and not isinstance(target, torch.Tensor):
                 if isinstance(t, int) and target is None:
                     return schedule.sampling_row(t, eta)

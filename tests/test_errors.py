@@ -105,9 +105,7 @@ def test_beta_bounds_outside_zero_one(argument, value, schedule):
 
 
 def test_zero_snr_needs_two_timesteps():
-    # diffusers silently returns NaN tables here (Algorithm 1 divides by √ᾱ_0 − √ᾱ_T = 0).
-    reference = diffusers_scheduler(dict(num_train_timesteps=1, rescale_betas_zero_snr=True))
-    assert torch.isnan(reference.alphas_cumprod).all()
+    # Algorithm 1 divides by √ᾱ_0 − √ᾱ_T = 0 for a single timestep (diffusers returns NaN tables).
     with pytest.raises(ValueError, match=r"rescale_betas_zero_snr.*num_train_timesteps=1"):
         DDIMScheduler(num_train_timesteps=1, rescale_betas_zero_snr=True)
 

@@ -236,14 +236,6 @@ def test_step_matches_diffusers(case, data):
         # silently returns inf/nan there (issue #3851).
         with pytest.raises(ValueError, match="v_prediction"):
             ours.set_timesteps(S)
-        x, m = make_inputs(seed, batch, torch.float32)
-        out = reference.step(m, T - 1, x)
-        if config["clip_sample"] and not config["thresholding"]:
-            # Clipping turns diffusers' x̂0 = ±inf into a saturated ±bound: finite but meaningless.
-            bound = torch.tensor(config["clip_sample_range"])
-            assert torch.allclose(out.pred_original_sample.abs(), bound)
-        else:  # inf without clipping, nan from the quantile of inf with thresholding
-            assert not torch.isfinite(out.prev_sample).all()
         return
     ours.set_timesteps(S)
     assert ours.timesteps.tolist() == timesteps
@@ -372,8 +364,8 @@ def test_timesteps_identical(T, data, spacing):
     reference.set_timesteps(S)
     ours = DDIMScheduler(**config)
     if spacing == "leading" and offset > leading_offset_bound(T, S):
-        # diffusers returns a timestep >= T (an index error later); ddim_sched refuses up front.
-        assert reference.timesteps.max().item() >= T
+        # ddim_sched refuses up front a leading timestep pushed to >= T (diffusers returns one, which
+        # fails later with an index error).
         with pytest.raises(ValueError, match="steps_offset"):
             ours.set_timesteps(S)
         return
@@ -387,10 +379,8 @@ def test_timesteps_identical(T, data, spacing):
         assert ours.previous_timestep(t) == max(t - T // S, -1)
 
 
-def test_timesteps_more_than_train_steps_raise_in_both():
-    reference, ours = diffusers_scheduler(dict(num_train_timesteps=100)), DDIMScheduler(num_train_timesteps=100)
-    with pytest.raises(ValueError):
-        reference.set_timesteps(101)
+def test_more_timesteps_than_train_steps_raise():
+    ours = DDIMScheduler(num_train_timesteps=100)
     with pytest.raises(ValueError, match="num_inference_steps"):
         ours.set_timesteps(101)
 
@@ -537,7 +527,7 @@ def test_noise_equals_diffusers_bit_for_bit(case, data):
     check_against("random part σ·z", dtype, ours_random, ref_random, exact_random, parity, bound)
 
 
-def test_correct_where_diffusers_float32_tables_lose_digits():
+def test_correct_where_diffusers_float32_tables_lose_digits(observe):
     """Sample prediction at small t: 1 − ᾱ_t ≈ 2e-5 keeps ~3 digits in float32, so diffusers' step is off
     by ~1e-3 there; ddim_sched's float64 tables keep it within float32 rounding of the exact result."""
     config = dict(prediction_type="sample", clip_sample=False, beta_start=1e-5, set_alpha_to_one=False)
@@ -546,7 +536,7 @@ def test_correct_where_diffusers_float32_tables_lose_digits():
         scheduler.set_timesteps(1000)
     x, m = make_inputs(0, 2, torch.float32)
     got, shipped, truth = ours.step(m, 1, x), reference.step(m, 1, x), exact.step(m.double(), 1, x.double())
-    assert rel_l2(shipped.prev_sample, truth.prev_sample) > 5 * PARITY_RTOL[torch.float32]  # diffusers' rounding
+    observe(f"diffusers' float32-table step is {rel_l2(shipped.prev_sample, truth.prev_sample):.1e} from float64")
     assert rel_l2(got.prev_sample, truth.prev_sample) <= ORACLE_RTOL[torch.float32] / 10
     check_against(
         "prev_sample",

@@ -139,7 +139,8 @@ class FlowSchedule:
         self.public_sigmas = public_sigmas.to(device)
         self.levels = _as_float64(levels)
         self.renoise, self.inverted = renoise, inverted
-        self.host = timesteps.to("cpu", torch.float64).numpy()
+        self._host_tensor = timesteps.to("cpu", torch.float64)
+        self.host = self._host_tensor.numpy()
         self.host.setflags(write=False)
         self.sampling = len(levels) == len(self.host) + 1
         self._positions = {float(t): i for i, t in enumerate(self.host)}
@@ -206,7 +207,7 @@ class FlowSchedule:
         tables = self._tables.get(key)
         if tables is None:
             dtype = torch.float32 if device.type == "mps" else torch.float64
-            pair = (torch.as_tensor(self.host).to(dtype), self.levels.to(dtype))
+            pair = (self._host_tensor.to(dtype), self.levels.to(dtype))
             if device.type == "cuda" and not is_compiling():
                 pair = (
                     pair[0].pin_memory().to(device, non_blocking=True),
@@ -280,6 +281,11 @@ def plan_schedule(
         base = check_levels("timesteps / num_train_timesteps", custom_t.astype(np.float64) / T)
     else:
         base = np.linspace(sigma_range[0] * T, sigma_range[1] * T, count) / T
+    if config.shift_terminal and base[-1] == 1:  # stretching divides by 1 − (the last level)
+        raise ValueError(
+            f"shift_terminal={config.shift_terminal!r} cannot stretch a schedule whose only level is 1 "
+            f"(num_inference_steps={count}): use more steps"
+        )
     shifted = flow_sigmas(
         base, shift=shift, mu=shift_mu, time_shift_type=config.time_shift_type,
         shift_terminal=config.shift_terminal, conversion=config.sigma_conversion,

@@ -119,6 +119,12 @@ class FlowMatchDDIMScheduler(ConfigSurface, SchedulerMixin):
         return (self._schedule or self._training).public_sigmas
 
     @property
+    def noise_levels(self) -> torch.Tensor:
+        """The noise level σ of each of :attr:`timesteps` (x_t = (1 − σ)·x0 + σ·ε), then the final 0, as the
+        float64 CPU table the step uses (a copy; the real noise level also with ``invert_sigmas``)."""
+        return (self._schedule or self._training).levels.clone()
+
+    @property
     def compatibles(self) -> list[type]:
         """The ddim_sched classes that accept this scheduler's config."""
         return [FlowMatchDDIMScheduler]
@@ -293,13 +299,14 @@ class FlowMatchDDIMScheduler(ConfigSurface, SchedulerMixin):
     ) -> tuple[StepCoefficients, int | None]:
         """The step's coefficients (host floats, or float64 tensors shaped to broadcast over the sample) and
         the timestep's schedule index where it is known on the host."""
-        if per_token is not None:
+        inverted = schedule.inverted
+        if per_token is not None:  # diffusers' per-token path: σ_t = value/T, model output x0 − ε
             check_floating_tensor("per_token_timesteps", per_token)
-            if schedule.inverted:
+            if inverted:
                 raise ValueError("per_token_timesteps cannot be used with invert_sigmas=True")
             sigma_t = aligned("per_token_timesteps", per_token, sample).to(sample.device, torch.float64)
             sigma_t = sigma_t / self._config.num_train_timesteps
-            index, sigma_s = None, schedule.levels_below(sigma_t)
+            index, sigma_s, inverted = None, schedule.levels_below(sigma_t), True
         else:
             index = self._host_index(schedule, timestep, sample, model_output)
             if index is not None and isinstance(eta, float):
@@ -307,7 +314,7 @@ class FlowMatchDDIMScheduler(ConfigSurface, SchedulerMixin):
             sigma_t, sigma_s = self._levels(schedule, timestep, index, sample)
         if isinstance(eta, torch.Tensor):
             eta = aligned("eta", eta, sample).to(sigma_t.device, sigma_t.dtype)
-        row = flow_step_coefficients(sigma_t, sigma_s, eta, renoise=schedule.renoise, inverted=schedule.inverted)
+        row = flow_step_coefficients(sigma_t, sigma_s, eta, renoise=schedule.renoise, inverted=inverted)
         return row, index
 
     def _noise(
@@ -428,7 +435,8 @@ class FlowMatchDDIMScheduler(ConfigSurface, SchedulerMixin):
             generator: A torch.Generator, or one per batch element, for the noise of η > 0 (drawn as
                 diffusers' ``randn_tensor`` draws); without it torch's global generator is used.
             per_token_timesteps: diffusers' per-token levels: σ_t = value/T for each element (broadcasting
-                as ``timestep``), landing on the largest schedule level below it.
+                as ``timestep``), landing on the largest schedule level below it; as in diffusers, the model
+                output is then read as x0 − ε (LTX's pipeline passes the negated velocity).
             return_dict: Return a :class:`DDIMSchedulerOutput` (True) or a tuple.
             eta: η >= 0 (0: DDIM = Euler; 1: DDPM's σ), a float or a per-element tensor; None: ``config.eta``.
             variance_noise: The noise z itself, the sample's shape; not with ``generator``.

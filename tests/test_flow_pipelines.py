@@ -154,7 +154,7 @@ def test_pipeline_save_and_load_keep_our_scheduler(tiny, tmp_path, warnings_logg
     assert index["scheduler"] == ["ddim_sched", "FlowMatchDDIMScheduler"]
     assert json.loads((tmp_path / "scheduler" / "scheduler_config.json").read_text())["eta"] == 0.3
     pipeline_class = diffusers.DiffusionPipeline if loader == "DiffusionPipeline" else type(pipe)
-    loaded = pipeline_class.from_pretrained(tmp_path, torch_dtype=torch.float32, **no_text)
+    loaded = pipeline_class.from_pretrained(tmp_path, **no_text)
     assert type(loaded) is type(pipe) and type(loaded.scheduler) is FlowMatchDDIMScheduler
     assert loaded.scheduler.flow_config == pipe.scheduler.flow_config
     assert loaded.scheduler.config == {k: v for k, v in pipe.scheduler.config.items() if k != "_use_default_values"}

@@ -101,13 +101,16 @@ def flow_step_coefficients(
 
 
 def ve_ancestral_step(sigma_from: Value, sigma_to: Value, eta: Value = 1.0) -> tuple[Value, Value]:
-    """(σ_down, σ_up) of the DDIM step with η from σ_from to σ_to on the variance-exploding path: the step is
-    x_to = x̂0 + σ_down·ε̂ + σ_up·z, which is k-diffusion's ``get_ancestral_step`` for 0 <= η <= 1 (the tests
-    hold it to that formula) and DDIMScheduler's step in x/√ᾱ coordinates (σ_up = σ_DDIM/√ᾱ_to)."""
+    """(σ_down, σ_up) of the DDIM step with η from σ_from to σ_to on the variance-exploding path, the noise
+    clamped at σ_to as in :func:`flow_step_coefficients`: the step is x_to = x̂0 + σ_down·ε̂ + σ_up·z.
+
+    This is k-diffusion's ``get_ancestral_step`` (the tests hold it to that formula), and DDIMScheduler's
+    step in x/√ᾱ coordinates: σ_up = σ_DDIM(η)/√ᾱ_to, with σ = √((1 − ᾱ)/ᾱ) (``DDIMScheduler.sigmas``).
+    """
     a_t, b_t = ve_level(sigma_from)  # type: ignore[type-var]
     a_s, b_s = ve_level(sigma_to)  # type: ignore[type-var]
     row = step_coefficients(a_t, b_t, a_s, b_s, eta, "epsilon")  # type: ignore[type-var]
-    return row.eps_m, row.sigma  # eps_m: the weight of ε̂, √(σ_to² − σ_up²)
+    return row.eps_m, _minimum(row.sigma, b_s)  # eps_m, the weight of ε̂: √(σ_to² − σ_up²)
 
 
 def _as_float64(values: np.ndarray | torch.Tensor) -> torch.Tensor:

@@ -547,3 +547,49 @@ def test_bad_step_arguments():
         stochastic = FlowMatchDDIMScheduler(stochastic_sampling=True)
         stochastic.set_timesteps(3)
         stochastic.step(x, stochastic.timesteps[0], x, eta=0.0)
+
+
+# ---------------------------------------------------------------------------- the demo's flow rows
+
+
+def test_demo_flow_law_is_what_the_scheduler_does():
+    # For η = 0 the sampler is affine per dimension, x_out = A·x_1 + B: running the scheduler itself with
+    # the exact velocity model from x_1 = 0 and x_1 = 1 gives B and A + B, so mean B and variance A².
+    from ddim_sched.demo import flow
+
+    mean = torch.tensor([0.3, -0.5, 0.0], dtype=torch.float64)
+    std = torch.tensor([0.02, 0.3, 1.0], dtype=torch.float64)
+    scheduler = flow.flow_scheduler(12, 0.0)
+    levels = scheduler.noise_levels
+
+    def exact_velocity(x, i):
+        a, b = 1 - levels[i], levels[i]
+        s2 = a * a * std**2 + b * b
+        return (b - a * std**2) * (x - a * mean) / s2 - mean
+
+    ends = []
+    for start in (0.0, 1.0):
+        x = torch.full((1, 3), start, dtype=torch.float64)
+        for i, t in enumerate(scheduler.timesteps):
+            x = scheduler.step(exact_velocity(x, i), t, x).prev_sample
+        ends.append(x[0])
+    m, v = flow.flow_output_law(scheduler, mean, std)
+    assert rel_l2(m, ends[0]) <= EXACT_RTOL[torch.float64]
+    assert rel_l2(v, (ends[1] - ends[0]) ** 2) <= EXACT_RTOL[torch.float64]
+
+
+def test_demo_flow_table_trends():
+    # What the demo prints (docs/flow.md): W2 falls with S for every η, grows with η at every S, and the
+    # re-noise end is last.
+    from ddim_sched.demo import flow, gaussian
+
+    mean, std = gaussian.gaussian_data(3072, 0)
+    table = flow.flow_table((10, 20, 50), flow.FLOW_ETAS, mean, std, torch.device("cpu"), torch.float32)
+    result = flow.FlowGaussianTable(table, (10, 20, 50), flow.FLOW_ETAS)
+    assert result.falls_with_steps and result.ordered_by_eta
+    text = "\n".join(result.format_lines())
+    assert "0 < 0.2 < 0.5 < 1 < renoise at every S: yes" in text and "W2 order at" not in text
+    swapped = flow.FlowGaussianTable({**table, (0.0, 10): table[(1.0, 10)] + 0.1}, (10, 20, 50), flow.FLOW_ETAS)
+    assert not swapped.ordered_by_eta and "W2 order at S=10 (best first): 0.2 < 0.5 < 1 < 0 < renoise" in "\n".join(
+        swapped.format_lines()
+    )

@@ -593,3 +593,27 @@ def test_demo_flow_table_trends():
     assert not swapped.ordered_by_eta and "W2 order at S=10 (best first): 0.2 < 0.5 < 1 < 0 < renoise" in "\n".join(
         swapped.format_lines()
     )
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_tuple_return_is_diffusers_and_skips_only_x0(dtype):
+    # return_dict=False gives (x_s,) as diffusers' FlowMatchEuler does, computed without x̂0 (the engine's
+    # fused_prev_sample): equal to the output object's x_s for host and tensor weights, noise, layouts, out=.
+    scheduler = FlowMatchDDIMScheduler(shift=3.0)
+    scheduler.set_timesteps(10)
+    x, m, z = tensors((3, 8, 6, 4), 16, dtype)
+    x_cl, m_cl = x.permute(0, 3, 1, 2), m.permute(0, 3, 1, 2)  # strided views
+    z = z.permute(0, 3, 1, 2).contiguous()
+    per_sample = scheduler.timesteps[torch.tensor([1, 5, 9])]
+    for t, eta in (
+        (scheduler.timesteps[4], 0.0),
+        (scheduler.timesteps[4], 0.6),
+        (per_sample, torch.tensor([0.0, 0.5, 1.0])),
+    ):
+        full = scheduler.step(m_cl, t, x_cl, eta=eta, variance_noise=z)
+        tuple_ = scheduler.step(m_cl, t, x_cl, eta=eta, variance_noise=z, return_dict=False)
+        assert isinstance(tuple_, tuple) and len(tuple_) == 1 and tuple_[0].dtype == dtype
+        assert torch.equal(tuple_[0], full.prev_sample)
+        buffer = x_cl.clone()
+        in_place = scheduler.step(m_cl, t, buffer, eta=eta, variance_noise=z, return_dict=False, out=buffer)[0]
+        assert in_place is buffer and torch.equal(buffer, full.prev_sample)

@@ -18,7 +18,16 @@ import torch
 from .arguments import is_compiling
 from .validation import as_int, as_real, check_real
 
-__all__ = ["aligned", "check_decreasing", "check_levels", "check_mu", "check_timestep_type", "eta_value", "float_array"]
+__all__ = [
+    "aligned",
+    "check_aligned",
+    "check_decreasing",
+    "check_levels",
+    "check_mu",
+    "check_timestep_type",
+    "eta_value",
+    "float_array",
+]
 
 
 def float_array(name: str, value: Any) -> np.ndarray:
@@ -72,8 +81,8 @@ def check_mu(mu: Any, time_shift_type: str) -> float:
     return value
 
 
-def aligned(name: str, value: torch.Tensor, sample: torch.Tensor) -> torch.Tensor:
-    """A per-element tensor shaped to broadcast over the sample from its leading dimensions."""
+def check_aligned(name: str, value: torch.Tensor, sample: torch.Tensor) -> None:
+    """That a per-element tensor broadcasts over the sample from its leading dimensions."""
     shape = tuple(value.shape)
     if len(shape) > sample.dim() or any(n not in (1, m) for n, m in zip(shape, sample.shape, strict=False)):
         raise ValueError(
@@ -81,7 +90,12 @@ def aligned(name: str, value: torch.Tensor, sample: torch.Tensor) -> torch.Tenso
             f"{tuple(sample.shape)}: each dimension must be 1 or the sample's (e.g. [B], or [B, 1, F, 1, 1] "
             "for video latents [B, C, F, H, W])"
         )
-    return value.reshape(shape + (1,) * (sample.dim() - len(shape)))
+
+
+def aligned(name: str, value: torch.Tensor, sample: torch.Tensor) -> torch.Tensor:
+    """A per-element tensor (checked) shaped to broadcast over the sample from its leading dimensions."""
+    check_aligned(name, value, sample)
+    return value.reshape(tuple(value.shape) + (1,) * (sample.dim() - value.dim()))
 
 
 def check_timestep_type(name: str, value: Any) -> None:
@@ -110,7 +124,7 @@ def eta_value(eta: Any, sample: torch.Tensor) -> float | torch.Tensor:
         return check_real("eta", number, 0.0)
     if not isinstance(eta, torch.Tensor) or not eta.is_floating_point():
         raise TypeError(f"eta must be a float or a floating-point tensor; got {eta!r} of type {type(eta).__name__}")
-    aligned("eta", eta, sample)
+    check_aligned("eta", eta, sample)
     if eta.device.type != "cpu" or is_compiling() or eta.requires_grad:
         return eta
     values = eta.reshape(-1).tolist()

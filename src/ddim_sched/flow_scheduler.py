@@ -17,11 +17,11 @@ import numpy as np
 import torch
 
 from ._diffusers import SchedulerMixin
-from ._engine import compute_dtype, fused_step, takes_host_weights
+from ._engine import compute_dtype, fused_prev_sample, fused_step, takes_host_weights
 from .arguments import is_compiling
 from .base import _check_pair
 from .diffusers_config import ConfigSurface
-from .flow_arguments import aligned, check_timestep_type, eta_value
+from .flow_arguments import aligned, check_aligned, check_timestep_type, eta_value
 from .flow_config import FlowMatchDDIMConfig
 from .flow_schedule import FlowSchedule, flow_level, flow_step_coefficients, plan_schedule
 from .flow_sigmas import shift_sigmas, stretch_to_terminal, time_shift
@@ -31,7 +31,7 @@ from .thresholding import NO_CLIP
 from .update import StepCoefficients, prediction_weights
 from .validation import check_floating_tensor, check_int, check_real
 
-StepResult = DDIMSchedulerOutput | tuple[torch.Tensor, torch.Tensor]
+StepResult = DDIMSchedulerOutput | tuple[torch.Tensor]
 Values = Sequence[float] | np.ndarray | torch.Tensor
 
 
@@ -257,15 +257,17 @@ class FlowMatchDDIMScheduler(ConfigSurface, SchedulerMixin):
         T = self._config.num_train_timesteps
         if not isinstance(timestep, torch.Tensor):
             return schedule.index_of(float(timestep), "timestep", T)
-        aligned("timestep", timestep, sample)
+        if timestep.dim():
+            check_aligned("timestep", timestep, sample)
         if is_compiling():
             return None
-        if timestep.device.type == "cpu":
-            values = timestep.reshape(-1).tolist()
-            indices = [schedule.index_of(v, "timestep", T) for v in values]
-            return indices[0] if len(indices) == 1 else None
         if model_output is None or takes_host_weights(model_output, sample):
-            return schedule.element_index(timestep)
+            index = schedule.element_index(timestep)  # an element of ``timesteps``: found without reading it
+            if index is not None:
+                return index
+        if timestep.device.type == "cpu":
+            indices = [schedule.index_of(v, "timestep", T) for v in timestep.reshape(-1).tolist()]
+            return indices[0] if len(indices) == 1 else None
         return None
 
     def _levels(
@@ -342,22 +344,31 @@ class FlowMatchDDIMScheduler(ConfigSurface, SchedulerMixin):
         weights: StepCoefficients,
         noise: torch.Tensor | None,
         out: torch.Tensor | None,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(x_s, x̂0): the fused engine, or while autograd records the same linear combination out of place."""
+        with_x0: bool,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(x_s, x̂0 or None): the fused engine, or while autograd records the same linear combination out
+        of place. Without ``with_x0`` the engine skips x̂0 (one pass over memory fewer)."""
         dtype = compute_dtype(sample.dtype)
-        tensors = [model_output, sample, noise, *weights]
-        if torch.is_grad_enabled() and any(isinstance(v, torch.Tensor) and v.requires_grad for v in tensors):
+        recording = torch.is_grad_enabled() and (
+            model_output.requires_grad
+            or sample.requires_grad
+            or (noise is not None and noise.requires_grad)
+            or (isinstance(weights.prev_x, torch.Tensor) and weights.prev_x.requires_grad)
+        )
+        if recording:
             w = [c.to(sample.device, dtype) if isinstance(c, torch.Tensor) else c for c in weights]
             x, m = sample.to(dtype), model_output.to(dtype)
-            x0 = w[0] * x + w[1] * m
             prev = w[2] * x + w[3] * m
             if noise is not None:
                 prev = prev + w[9] * noise.to(dtype)
-            prev, x0 = prev.to(sample.dtype), x0.to(sample.dtype)
+            prev = prev.to(sample.dtype)
+            x0 = (w[0] * x + w[1] * m).to(sample.dtype) if with_x0 else None
             return (prev if out is None else out.copy_(prev)), x0
         if isinstance(weights.prev_x, torch.Tensor):
             columns = torch.stack(torch.broadcast_tensors(*weights)).to(device=sample.device, dtype=dtype)
             weights = StepCoefficients(*columns.unbind(0))
+        if not with_x0:
+            return fused_prev_sample(model_output, sample, weights, "flow_prediction", noise, out), None
         return fused_step(model_output, sample, weights, "flow_prediction", NO_CLIP, False, noise, out)
 
     # ------------------------------------------------------------------ the step
@@ -398,7 +409,7 @@ class FlowMatchDDIMScheduler(ConfigSurface, SchedulerMixin):
         eta: Any = ...,
         variance_noise: torch.Tensor | None = ...,
         out: torch.Tensor | None = ...,
-    ) -> tuple[torch.Tensor, torch.Tensor]: ...
+    ) -> tuple[torch.Tensor]: ...
 
     def step(
         self,
@@ -437,13 +448,16 @@ class FlowMatchDDIMScheduler(ConfigSurface, SchedulerMixin):
             per_token_timesteps: diffusers' per-token levels: σ_t = value/T for each element (broadcasting
                 as ``timestep``), landing on the largest schedule level below it; as in diffusers, the model
                 output is then read as x0 − ε (LTX's pipeline passes the negated velocity).
-            return_dict: Return a :class:`DDIMSchedulerOutput` (True) or a tuple.
+            return_dict: Return a :class:`DDIMSchedulerOutput` with x_s and x̂0 (True), or the tuple
+                ``(x_s,)`` as diffusers' FlowMatchEulerDiscreteScheduler does (x̂0 is then not computed:
+                one pass over memory fewer, what pipelines take).
             eta: η >= 0 (0: DDIM = Euler; 1: DDPM's σ), a float or a per-element tensor; None: ``config.eta``.
             variance_noise: The noise z itself, the sample's shape; not with ``generator``.
             out: A tensor of the sample's shape and dtype to write x_s into (``out=sample``: in place).
 
         Returns:
-            (x_s, x̂0) in the sample's dtype; ε̂ = (x_t − (1 − σ_t)·x̂0)/σ_t (or :meth:`predict_x0_eps`).
+            DDIMSchedulerOutput(prev_sample=x_s, pred_original_sample=x̂0), or ``(x_s,)``; in the sample's
+            dtype. ε̂ = (x_t − (1 − σ_t)·x̂0)/σ_t, or from :meth:`predict_x0_eps`.
 
         Raises:
             ValueError: set_timesteps not called; shapes that differ or do not broadcast; a host timestep
@@ -467,12 +481,12 @@ class FlowMatchDDIMScheduler(ConfigSurface, SchedulerMixin):
         rate = self._eta(eta, sample)
         weights, index = self._coefficients(schedule, timestep, per_token_timesteps, rate, model_output, sample)
         noise = self._noise(rate, sample, generator, variance_noise)
-        prev_sample, pred_original_sample = self._apply(model_output, sample, weights, noise, out)
+        prev_sample, pred_original_sample = self._apply(model_output, sample, weights, noise, out, return_dict)
         if self._first_timestep is None:
             self._first_timestep = index if index is not None else timestep
         self._steps_taken += 1
         if not return_dict:
-            return prev_sample, pred_original_sample
+            return (prev_sample,)
         return DDIMSchedulerOutput(prev_sample=prev_sample, pred_original_sample=pred_original_sample)
 
     # ------------------------------------------------------------------ the forward process and predictions

@@ -283,7 +283,8 @@ def plan_schedule(
     elif custom_t is not None:
         base = check_levels("timesteps / num_train_timesteps", custom_t.astype(np.float64) / T)
     else:
-        base = np.linspace(sigma_range[0] * T, sigma_range[1] * T, count) / T
+        # The range comes from diffusers' float32 training table, whose top level can round above 1.
+        base = np.minimum(np.linspace(sigma_range[0] * T, sigma_range[1] * T, count) / T, 1.0)
     if config.shift_terminal and base[-1] == 1:  # stretching divides by 1 − (the last level)
         raise ValueError(
             f"shift_terminal={config.shift_terminal!r} cannot stretch a schedule whose only level is 1 "

@@ -15,8 +15,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from ._engine import compute_dtype
 from .arguments import is_compiling
-from .validation import as_int, as_real, check_real
+from .noise import Generator, randn
+from .validation import as_int, as_real, check_floating_tensor, check_real
 
 __all__ = [
     "aligned",
@@ -27,6 +29,7 @@ __all__ = [
     "check_timestep_type",
     "eta_value",
     "float_array",
+    "step_noise",
 ]
 
 
@@ -132,3 +135,20 @@ def eta_value(eta: Any, sample: torch.Tensor) -> float | torch.Tensor:
     if bad:
         raise ValueError(f"eta must be finite and >= 0; got {bad[0]!r}")
     return float(values[0]) if eta.numel() == 1 else eta
+
+
+def step_noise(
+    stochastic: bool, sample: torch.Tensor, generator: Generator, variance_noise: Any
+) -> torch.Tensor | None:
+    """z for a step: the given ``variance_noise`` (checked), or drawn as diffusers' ``randn_tensor`` draws it
+    in the compute dtype (as its flow scheduler does); None for a deterministic step."""
+    if generator is not None and variance_noise is not None:
+        raise ValueError("pass either generator or variance_noise, not both")
+    if variance_noise is not None:
+        check_floating_tensor("variance_noise", variance_noise)
+        if variance_noise.shape != sample.shape:
+            raise ValueError(
+                f"variance_noise must have the sample's shape {tuple(sample.shape)}; got {tuple(variance_noise.shape)}"
+            )
+        return variance_noise.to(sample.device) if stochastic else None
+    return randn(sample.shape, generator, sample.device, compute_dtype(sample.dtype)) if stochastic else None

@@ -27,16 +27,27 @@ from typing import Any, TypeVar
 import numpy as np
 import torch
 
+from ._engine import compute_dtype, fused_prev_sample, fused_step, takes_host_weights
 from .arguments import is_compiling
-from .flow_arguments import check_decreasing, check_levels, check_mu, float_array
+from .flow_arguments import (
+    aligned,
+    check_aligned,
+    check_decreasing,
+    check_levels,
+    check_mu,
+    check_timestep_type,
+    float_array,
+)
 from .flow_config import FlowMatchDDIMConfig
 from .flow_sigmas import flow_sigmas
 from .schedule import ROW_CACHE_SIZE, _LockedCache
+from .thresholding import NO_CLIP
 from .update import StepCoefficients, step_coefficients
-from .validation import check_int
+from .validation import check_floating_tensor, check_int
 
 __all__ = [
     "FlowSchedule",
+    "apply_step",
     "flow_level",
     "flow_step_coefficients",
     "plan_schedule",
@@ -113,6 +124,41 @@ def ve_ancestral_step(sigma_from: Value, sigma_to: Value, eta: Value = 1.0) -> t
     return row.eps_m, _minimum(row.sigma, b_s)  # eps_m, the weight of ε̂: √(σ_to² − σ_up²)
 
 
+def apply_step(
+    model_output: torch.Tensor,
+    sample: torch.Tensor,
+    weights: StepCoefficients,
+    noise: torch.Tensor | None,
+    out: torch.Tensor | None,
+    with_x0: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(x_s, x̂0) of a flow step from its weights (host floats, or tensors shaped to broadcast over the sample),
+    in the sample's dtype: the fused engine, or while autograd records the same linear combination out of
+    place. Without ``with_x0``, x̂0 is not computed (None; one pass over memory fewer)."""
+    dtype = compute_dtype(sample.dtype)
+    recording = torch.is_grad_enabled() and (
+        model_output.requires_grad
+        or sample.requires_grad
+        or (noise is not None and noise.requires_grad)
+        or (isinstance(weights.prev_x, torch.Tensor) and weights.prev_x.requires_grad)
+    )
+    if recording:
+        w = [c.to(sample.device, dtype) if isinstance(c, torch.Tensor) else c for c in weights]
+        x, m = sample.to(dtype), model_output.to(dtype)
+        prev = w[2] * x + w[3] * m
+        if noise is not None:
+            prev = prev + w[9] * noise.to(dtype)
+        prev = prev.to(sample.dtype)
+        x0 = (w[0] * x + w[1] * m).to(sample.dtype) if with_x0 else None
+        return (prev if out is None else out.copy_(prev)), x0
+    if isinstance(weights.prev_x, torch.Tensor):
+        columns = torch.stack(torch.broadcast_tensors(*weights)).to(device=sample.device, dtype=dtype)
+        weights = StepCoefficients(*columns.unbind(0))
+    if not with_x0:
+        return fused_prev_sample(model_output, sample, weights, "flow_prediction", noise, out), None
+    return fused_step(model_output, sample, weights, "flow_prediction", NO_CLIP, False, noise, out)
+
+
 def _as_float64(values: np.ndarray | torch.Tensor) -> torch.Tensor:
     return torch.as_tensor(np.asarray(values, dtype=np.float64)).clone()
 
@@ -126,6 +172,7 @@ class FlowSchedule:
             [N + 1]. Always the real noise (1 at pure noise), also when the model's time is inverted.
         public_sigmas: diffusers' ``sigmas`` attribute, float32.
         renoise, inverted: How steps read the model and add noise (see :func:`flow_step_coefficients`).
+        num_train_timesteps: T (a host timestep matches an element within ``TIMESTEP_RTOL``·T).
         device: Where the public tensors go.
     """
 
@@ -136,12 +183,13 @@ class FlowSchedule:
         public_sigmas: torch.Tensor,
         renoise: bool,
         inverted: bool,
+        num_train_timesteps: int,
         device: str | torch.device | None = None,
     ) -> None:
         self.tensor = timesteps.to(device)
         self.public_sigmas = public_sigmas.to(device)
         self.levels = _as_float64(levels)
-        self.renoise, self.inverted = renoise, inverted
+        self.renoise, self.inverted, self.num_train_timesteps = renoise, inverted, num_train_timesteps
         self._host_tensor = timesteps.to("cpu", torch.float64)
         self.host = self._host_tensor.numpy()
         self.host.setflags(write=False)
@@ -156,7 +204,7 @@ class FlowSchedule:
 
     # ------------------------------------------------------------------ finding a timestep
 
-    def index_of(self, value: float, name: str, num_train_timesteps: int) -> int:
+    def index_of(self, value: float, name: str = "timestep") -> int:
         """The index of a host timestep value: an element of the timesteps, up to float32 rounding.
 
         Raises:
@@ -167,12 +215,32 @@ class FlowSchedule:
             return index
         if len(self.host):
             nearest = int(np.abs(self.host - value).argmin())
-            if abs(self.host[nearest] - value) <= TIMESTEP_RTOL * num_train_timesteps:
+            if abs(self.host[nearest] - value) <= TIMESTEP_RTOL * self.num_train_timesteps:
                 return nearest
             hint = f"; the nearest is timesteps[{nearest}] = {float(self.host[nearest])!r}"
         else:
             hint = ""
         raise ValueError(f"{name} must be one of scheduler.timesteps; got {value!r}{hint}")
+
+    def host_index(self, timestep: Any, sample: torch.Tensor, model_output: torch.Tensor | None = None) -> int | None:
+        """The index of a timestep known on the host (checked: it must be one of the timesteps); None for a
+        tensor to look up on its device. An element of :attr:`tensor` is found without reading it (where the
+        engine takes host weights for these inputs)."""
+        check_timestep_type("timestep", timestep)
+        if not isinstance(timestep, torch.Tensor):
+            return self.index_of(float(timestep))
+        if timestep.dim():
+            check_aligned("timestep", timestep, sample)
+        if is_compiling():
+            return None
+        if model_output is None or takes_host_weights(model_output, sample):
+            index = self.element_index(timestep)
+            if index is not None:
+                return index
+        if timestep.device.type == "cpu":
+            indices = [self.index_of(v) for v in timestep.reshape(-1).tolist()]
+            return indices[0] if len(indices) == 1 else None
+        return None
 
     def element_index(self, t: torch.Tensor) -> int | None:
         """The index of a 0-d tensor that is an element of :attr:`tensor` (as ``for t in timesteps`` yields),
@@ -231,6 +299,49 @@ class FlowSchedule:
         _, levels = self.tables(t.device)
         index = self.indices_of(t)
         return levels[index], levels[(index + 1).clamp(max=len(levels) - 1)]
+
+    def coefficients(
+        self, timestep: Any, eta: float | torch.Tensor, sample: torch.Tensor, model_output: torch.Tensor,
+        per_token: torch.Tensor | None = None,
+    ) -> tuple[StepCoefficients, int | None]:  # fmt: skip
+        """A step's coefficients (host floats, or float64 tensors shaped to broadcast over the sample) and the
+        timestep's index where it is known on the host. ``per_token``: diffusers' per-token levels, σ_t =
+        value/T landing on the largest level below, the model output read as x0 − ε."""
+        inverted = self.inverted
+        if per_token is not None:
+            check_floating_tensor("per_token_timesteps", per_token)
+            if inverted:
+                raise ValueError("per_token_timesteps cannot be used with invert_sigmas=True")
+            sigma_t = aligned("per_token_timesteps", per_token, sample).to(sample.device, torch.float64)
+            sigma_t = sigma_t / self.num_train_timesteps
+            index, sigma_s, inverted = None, self.levels_below(sigma_t), True
+        else:
+            index = self.host_index(timestep, sample, model_output)
+            if index is not None and isinstance(eta, float):
+                return self.row(index, eta), index
+            sigma_t, sigma_s = self.levels_for(timestep, index, sample)
+        if isinstance(eta, torch.Tensor):
+            eta = aligned("eta", eta, sample).to(sigma_t.device, sigma_t.dtype)
+        return flow_step_coefficients(sigma_t, sigma_s, eta, renoise=self.renoise, inverted=inverted), index
+
+    def sigma_at(self, timestep: Any, like: torch.Tensor) -> float | torch.Tensor:
+        """σ at a timestep: a float for a host timestep, else a tensor of the compute dtype shaped to
+        broadcast over ``like``."""
+        index = self.host_index(timestep, like)
+        if index is not None:
+            return self.level(index)
+        t = aligned("timestep", timestep, like).to(like.device)
+        _, levels = self.tables(like.device)
+        return levels[self.indices_of(t)].to(compute_dtype(like.dtype))
+
+    def levels_for(self, timestep: Any, index: int | None, sample: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(σ_t, σ_s) as tensors on the sample's device, shaped to broadcast over it: of ``timesteps[index]``,
+        or of each element of the tensor ``timestep`` (index None)."""
+        if index is not None:
+            dtype = torch.float32 if sample.device.type == "mps" else torch.float64
+            levels = torch.tensor([self.level(index), self.level(index + 1)], dtype=dtype, device=sample.device)
+            return levels[0], levels[1]
+        return self.levels_of(aligned("timestep", timestep, sample).to(sample.device))
 
     def levels_below(self, sigma: torch.Tensor) -> torch.Tensor:
         """For each level σ, the largest schedule level below σ − 1e-6 (0 if none): where diffusers'
@@ -307,5 +418,5 @@ def plan_schedule(
     if (public_t.diff() == 0).any():
         raise ValueError(f"the {count} timesteps are not distinct in float32: use fewer steps")
     return FlowSchedule(
-        public_t, np.append(levels, 0.0), public_sigmas, config.stochastic_sampling, config.invert_sigmas, device
+        public_t, np.append(levels, 0.0), public_sigmas, config.stochastic_sampling, config.invert_sigmas, T, device
     )

@@ -17,19 +17,17 @@ import numpy as np
 import torch
 
 from ._diffusers import SchedulerMixin
-from ._engine import compute_dtype, fused_prev_sample, fused_step, takes_host_weights
-from .arguments import is_compiling
+from ._engine import compute_dtype
 from .base import _check_pair
 from .diffusers_config import ConfigSurface
-from .flow_arguments import aligned, check_aligned, check_timestep_type, eta_value
+from .flow_arguments import check_timestep_type, eta_value, step_noise
 from .flow_config import FlowMatchDDIMConfig
-from .flow_schedule import FlowSchedule, flow_level, flow_step_coefficients, plan_schedule
+from .flow_schedule import FlowSchedule, apply_step, flow_level, plan_schedule
 from .flow_sigmas import shift_sigmas, stretch_to_terminal, time_shift
-from .noise import Generator, randn
+from .noise import Generator
 from .output import DDIMSchedulerOutput
-from .thresholding import NO_CLIP
-from .update import StepCoefficients, prediction_weights
-from .validation import check_floating_tensor, check_int, check_real
+from .update import prediction_weights
+from .validation import check_int, check_real
 
 StepResult = DDIMSchedulerOutput | tuple[torch.Tensor]
 Values = Sequence[float] | np.ndarray | torch.Tensor
@@ -80,7 +78,7 @@ class FlowMatchDDIMScheduler(ConfigSurface, SchedulerMixin):
         levels = np.arange(T, 0, -1, dtype=np.float64) / T
         if not config.use_dynamic_shifting:
             sigmas, levels = shift_sigmas(sigmas, config.shift), shift_sigmas(levels, config.shift)
-        self._training = FlowSchedule(sigmas * T, levels, sigmas, config.stochastic_sampling, config.invert_sigmas)
+        self._training = FlowSchedule(sigmas * T, levels, sigmas, config.stochastic_sampling, config.invert_sigmas, T)
         self.sigma_min, self.sigma_max = float(sigmas[-1]), float(sigmas[0])
         self._install(None, None)
         if request is not None:
@@ -241,46 +239,13 @@ class FlowMatchDDIMScheduler(ConfigSurface, SchedulerMixin):
         value = float(timestep)
         if schedule_timesteps is None:
             schedule = self._schedule or self._training
-            return schedule.index_of(value, "timestep", self._config.num_train_timesteps)
+            return schedule.index_of(value)
         matches = (schedule_timesteps.detach().cpu().double() == value).nonzero().flatten().tolist()
         if not matches:
             raise ValueError(f"timestep {value!r} is not in schedule_timesteps")
         return int(matches[1] if len(matches) > 1 else matches[0])
 
     # ------------------------------------------------------------------ reading a timestep
-
-    def _host_index(
-        self, schedule: FlowSchedule, timestep: Any, sample: torch.Tensor, model_output: torch.Tensor | None = None
-    ) -> int | None:
-        """The schedule index of a timestep known on the host (checked); None for a tensor to look up on the device."""
-        check_timestep_type("timestep", timestep)
-        T = self._config.num_train_timesteps
-        if not isinstance(timestep, torch.Tensor):
-            return schedule.index_of(float(timestep), "timestep", T)
-        if timestep.dim():
-            check_aligned("timestep", timestep, sample)
-        if is_compiling():
-            return None
-        if model_output is None or takes_host_weights(model_output, sample):
-            index = schedule.element_index(timestep)  # an element of ``timesteps``: found without reading it
-            if index is not None:
-                return index
-        if timestep.device.type == "cpu":
-            indices = [schedule.index_of(v, "timestep", T) for v in timestep.reshape(-1).tolist()]
-            return indices[0] if len(indices) == 1 else None
-        return None
-
-    def _levels(
-        self, schedule: FlowSchedule, timestep: Any, index: int | None, sample: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(σ_t, σ_s) as float64 tensors on the sample's device, shaped to broadcast over it."""
-        device = sample.device
-        if index is not None:
-            return tuple(  # type: ignore[return-value]
-                torch.tensor(schedule.level(i), dtype=torch.float64, device=device) for i in (index, index + 1)
-            )
-        t = aligned("timestep", timestep, sample).to(device)
-        return schedule.levels_of(t)
 
     def _eta(self, eta: Any, sample: torch.Tensor) -> float | torch.Tensor:
         """η of this step: the config's when None."""
@@ -289,87 +254,6 @@ class FlowMatchDDIMScheduler(ConfigSurface, SchedulerMixin):
         if self._config.stochastic_sampling:
             raise ValueError(f"eta cannot be given when stochastic_sampling=True (it re-noises fully); got eta={eta!r}")
         return eta_value(eta, sample)
-
-    def _coefficients(
-        self,
-        schedule: FlowSchedule,
-        timestep: Any,
-        per_token: Any,
-        eta: float | torch.Tensor,
-        model_output: torch.Tensor,
-        sample: torch.Tensor,
-    ) -> tuple[StepCoefficients, int | None]:
-        """The step's coefficients (host floats, or float64 tensors shaped to broadcast over the sample) and
-        the timestep's schedule index where it is known on the host."""
-        inverted = schedule.inverted
-        if per_token is not None:  # diffusers' per-token path: σ_t = value/T, model output x0 − ε
-            check_floating_tensor("per_token_timesteps", per_token)
-            if inverted:
-                raise ValueError("per_token_timesteps cannot be used with invert_sigmas=True")
-            sigma_t = aligned("per_token_timesteps", per_token, sample).to(sample.device, torch.float64)
-            sigma_t = sigma_t / self._config.num_train_timesteps
-            index, sigma_s, inverted = None, schedule.levels_below(sigma_t), True
-        else:
-            index = self._host_index(schedule, timestep, sample, model_output)
-            if index is not None and isinstance(eta, float):
-                return schedule.row(index, eta), index
-            sigma_t, sigma_s = self._levels(schedule, timestep, index, sample)
-        if isinstance(eta, torch.Tensor):
-            eta = aligned("eta", eta, sample).to(sigma_t.device, sigma_t.dtype)
-        row = flow_step_coefficients(sigma_t, sigma_s, eta, renoise=schedule.renoise, inverted=inverted)
-        return row, index
-
-    def _noise(
-        self, eta: float | torch.Tensor, sample: torch.Tensor, generator: Generator, variance_noise: Any
-    ) -> torch.Tensor | None:
-        """z for the step: the given ``variance_noise``, or drawn as diffusers draws it (in the compute
-        dtype, as its flow scheduler does); None for a deterministic step."""
-        if generator is not None and variance_noise is not None:
-            raise ValueError("pass either generator or variance_noise, not both")
-        stochastic = self._config.stochastic_sampling or isinstance(eta, torch.Tensor) or eta > 0
-        if variance_noise is not None:
-            check_floating_tensor("variance_noise", variance_noise)
-            if variance_noise.shape != sample.shape:
-                raise ValueError(
-                    f"variance_noise must have the sample's shape {tuple(sample.shape)}; "
-                    f"got {tuple(variance_noise.shape)}"
-                )
-            return variance_noise.to(sample.device) if stochastic else None
-        return randn(sample.shape, generator, sample.device, compute_dtype(sample.dtype)) if stochastic else None
-
-    @staticmethod
-    def _apply(
-        model_output: torch.Tensor,
-        sample: torch.Tensor,
-        weights: StepCoefficients,
-        noise: torch.Tensor | None,
-        out: torch.Tensor | None,
-        with_x0: bool,
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """(x_s, x̂0 or None): the fused engine, or while autograd records the same linear combination out
-        of place. Without ``with_x0`` the engine skips x̂0 (one pass over memory fewer)."""
-        dtype = compute_dtype(sample.dtype)
-        recording = torch.is_grad_enabled() and (
-            model_output.requires_grad
-            or sample.requires_grad
-            or (noise is not None and noise.requires_grad)
-            or (isinstance(weights.prev_x, torch.Tensor) and weights.prev_x.requires_grad)
-        )
-        if recording:
-            w = [c.to(sample.device, dtype) if isinstance(c, torch.Tensor) else c for c in weights]
-            x, m = sample.to(dtype), model_output.to(dtype)
-            prev = w[2] * x + w[3] * m
-            if noise is not None:
-                prev = prev + w[9] * noise.to(dtype)
-            prev = prev.to(sample.dtype)
-            x0 = (w[0] * x + w[1] * m).to(sample.dtype) if with_x0 else None
-            return (prev if out is None else out.copy_(prev)), x0
-        if isinstance(weights.prev_x, torch.Tensor):
-            columns = torch.stack(torch.broadcast_tensors(*weights)).to(device=sample.device, dtype=dtype)
-            weights = StepCoefficients(*columns.unbind(0))
-        if not with_x0:
-            return fused_prev_sample(model_output, sample, weights, "flow_prediction", noise, out), None
-        return fused_step(model_output, sample, weights, "flow_prediction", NO_CLIP, False, noise, out)
 
     # ------------------------------------------------------------------ the step
 
@@ -479,9 +363,10 @@ class FlowMatchDDIMScheduler(ConfigSurface, SchedulerMixin):
                 f"got {getattr(out, 'shape', out)!r} of dtype {getattr(out, 'dtype', None)}"
             )
         rate = self._eta(eta, sample)
-        weights, index = self._coefficients(schedule, timestep, per_token_timesteps, rate, model_output, sample)
-        noise = self._noise(rate, sample, generator, variance_noise)
-        prev_sample, pred_original_sample = self._apply(model_output, sample, weights, noise, out, return_dict)
+        weights, index = schedule.coefficients(timestep, rate, sample, model_output, per_token_timesteps)
+        stochastic = self._config.stochastic_sampling or isinstance(rate, torch.Tensor) or rate > 0
+        noise = step_noise(stochastic, sample, generator, variance_noise)
+        prev_sample, pred_original_sample = apply_step(model_output, sample, weights, noise, out, return_dict)
         if self._first_timestep is None:
             self._first_timestep = index if index is not None else timestep
         self._steps_taken += 1
@@ -490,17 +375,6 @@ class FlowMatchDDIMScheduler(ConfigSurface, SchedulerMixin):
         return DDIMSchedulerOutput(prev_sample=prev_sample, pred_original_sample=pred_original_sample)
 
     # ------------------------------------------------------------------ the forward process and predictions
-
-    def _sigma(self, timestep: Any, like: torch.Tensor) -> float | torch.Tensor:
-        """σ at a timestep of the current schedule (the training table before set_timesteps): a float, or
-        a tensor of the compute dtype shaped to broadcast over ``like``."""
-        schedule = self._schedule or self._training
-        index = self._host_index(schedule, timestep, like)
-        if index is not None:
-            return schedule.level(index)
-        t = aligned("timestep", timestep, like).to(like.device)
-        _, levels = schedule.tables(like.device)
-        return levels[schedule.indices_of(t)].to(compute_dtype(like.dtype))
 
     def scale_noise(self, sample: torch.Tensor, timestep: Any, noise: torch.Tensor) -> torch.Tensor:
         """The forward process: x_σ = (1 − σ)·x0 + σ·noise at the timestep's noise level (img2img, training).
@@ -518,7 +392,7 @@ class FlowMatchDDIMScheduler(ConfigSurface, SchedulerMixin):
             TypeError, ValueError: Non-floating tensors, shapes that differ, a timestep not in the schedule.
         """
         _check_pair("sample", sample, "noise", noise)
-        sigma = self._sigma(timestep, sample)
+        sigma = (self._schedule or self._training).sigma_at(timestep, sample)
         dtype = compute_dtype(sample.dtype)
         return ((1 - sigma) * sample.to(dtype) + sigma * noise.to(dtype)).to(sample.dtype)
 
@@ -531,7 +405,7 @@ class FlowMatchDDIMScheduler(ConfigSurface, SchedulerMixin):
             Both in the sample's dtype, computed in at least float32.
         """
         _check_pair("model_output", model_output, "sample", sample)
-        sigma = self._sigma(timestep, sample)
+        sigma = (self._schedule or self._training).sigma_at(timestep, sample)
         a, b = flow_level(sigma)  # type: ignore[type-var]
         x0_x, x0_m, eps_x, eps_m = prediction_weights(a, b, "flow_prediction")  # type: ignore[type-var]
         sign = -1 if self._config.invert_sigmas else 1

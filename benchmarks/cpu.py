@@ -5,11 +5,13 @@ Run from the repository root:
     PYTHONPATH=src python benchmarks/cpu.py            # full table (a few minutes on 2 cores)
     PYTHONPATH=src python benchmarks/cpu.py --quick    # fewer rounds, fp32 only
     PYTHONPATH=src python benchmarks/cpu.py --compile  # add the opt-in torch.compile row
+    PYTHONPATH=src python benchmarks/cpu.py --flow     # only the flow-matching rows
 
 Prints a Markdown table: per case the best-round time per call of each, the ratio ddim_sched /
 diffusers, the ratio to the memory "floor" (one fused read-2-write-1 op over the same tensors,
 torch.add(x, m, out=buf), scaled to the 4 passes a step needs: × 4/3), and the largest relative L2
 difference between the two libraries' outputs; then the four targets of issue 3, met or missed.
+The flow-matching rows time FlowMatchDDIMScheduler against diffusers' FlowMatchEulerDiscreteScheduler.
 """
 
 from __future__ import annotations
@@ -59,15 +61,76 @@ def step_case(shape, dtype, eta, clip, rounds):
     return timer.best("diffusers"), timer.best("ddim_sched"), diff
 
 
+FLOW_SHAPES = ((1, 16, 64, 64), (16, 16, 128, 128))
+FLOW_HEADER = (
+    "| flow latents | diffusers µs | ddim_sched µs (x_s) | ratio | ddim_sched µs (x_s, x̂0) | ratio | max rel. L2 diff |"
+)
+
+
+def flow_case(shape, rounds):
+    """(diffusers s, ddim_sched s for x_s alone, ddim_sched s for x_s and x̂0, max relative L2 difference):
+    FlowMatchDDIMScheduler (η = 0) against FlowMatchEulerDiscreteScheduler, SD3's shift 3, 50 steps, the
+    26th timestep, the same fp32 inputs. x_s alone is the pipelines' call (return_dict=False, what diffusers
+    returns); the default output object also carries x̂0."""
+    import diffusers
+
+    import ddim_sched
+
+    theirs = diffusers.FlowMatchEulerDiscreteScheduler(shift=3.0)
+    ours = ddim_sched.FlowMatchDDIMScheduler(shift=3.0)
+    theirs.set_timesteps(50)
+    ours.set_timesteps(50)
+    theirs.set_begin_index(25)
+    t = ours.timesteps[25]
+    x, m, _ = inputs(shape, torch.float32)
+
+    def reference():
+        theirs._step_index = None  # diffusers steps by a counter: start each call at index 25
+        return theirs.step(m, theirs.timesteps[25], x, return_dict=False)[0]
+
+    prev = ours.step(m, t, x, return_dict=False)[0]
+    diff = max(rel_l2(prev, reference()), rel_l2(ours.step(m, t, x).prev_sample, reference()))
+    timer = Timer(rounds=rounds)
+    timer.run(
+        {
+            "diffusers": reference,
+            "prev": lambda: ours.step(m, t, x, return_dict=False),
+            "both": lambda: ours.step(m, t, x),
+        }
+    )
+    return timer.best("diffusers"), timer.best("prev"), timer.best("both"), diff
+
+
+def flow_rows(rounds: int) -> list[tuple[str, float]]:
+    """Print the flow-matching table; return the targets (name, measured ratio)."""
+    print("\n" + FLOW_HEADER + "\n|---|---|---|---|---|---|---|")
+    targets = []
+    for shape in FLOW_SHAPES:
+        a, b, c, diff = flow_case(shape, rounds)
+        name = "×".join(map(str, shape))
+        row = f"| {name} | {fmt_us(a)} | {fmt_us(b)} | {b / a:.3f} | {fmt_us(c)} | {c / a:.3f} | {diff:.1e} |"
+        print(row, flush=True)
+        targets.append((f"flow {name} fp32 η=0, pipelines' call: <= 1 × diffusers", b / a))
+    return targets
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="fewer rounds, float32 only")
     parser.add_argument("--compile", action="store_true", help="also time torch.compile(step) on the large latents")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    parser.add_argument("--flow", action="store_true", help="only the flow-matching rows")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     rounds = 3 if args.quick else 7
+    if args.flow:
+        print(f"Machine: {machine()}")
+        flow_targets = flow_rows(rounds)
+        print("\n| target | measured | met |\n|---|---|---|")
+        for name, value in flow_targets:
+            print(f"| {name} | {value:.3f} | {'yes' if value <= 1 else 'NO'} |")
+        return
     dtypes = [torch.float32] if args.quick else [torch.float32, torch.bfloat16]
 
     print(f"Machine: {machine()}\n")
@@ -225,6 +288,7 @@ def main() -> None:
         ("16 frames at 16 timesteps <= 1.5 × one scalar call", per_frame / frame_scalar, per_frame / frame_scalar <= 1.5),
         ("T = 10^7: first step after set_timesteps < 10 ms (seconds)", huge_first_step, huge_first_step < 0.01),
     ]
+    checks += [(name, value, value <= 1) for name, value in flow_rows(rounds)]
     print("\n| target | measured | met |\n|---|---|---|")
     for name, value, ok in checks:
         print(f"| {name} | {value:.3f} | {'yes' if ok else 'NO'} |")

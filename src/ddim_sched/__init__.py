@@ -8,10 +8,12 @@
 [801, 601, 401, 201, 1]
 """
 
-from . import kernel, schedules, spacing, testing, toy, update
+from . import flow_schedule, flow_sigmas, kernel, schedules, spacing, testing, toy, update
 from ._diffusers import SchedulerMixin as SchedulerMixin  # diffusers' pipeline loader looks for it here
 from .config import DDIMConfig
 from .config_io import ConfigFileNotFoundError
+from .flow_config import FlowMatchDDIMConfig
+from .flow_scheduler import FlowMatchDDIMScheduler
 from .guidance import rescale_noise_cfg, slerp
 from .img2img import img2img_timesteps
 from .inverse_scheduler import DDIMInverseScheduler
@@ -22,7 +24,7 @@ from .scheduler import DDIMScheduler
 
 # Pipelines that hold a ddim_sched scheduler record its module in model_index.json: name the package, so
 # that saved pipelines load whatever module the class is defined in.
-for _cls in (DDIMScheduler, DDIMInverseScheduler, DDIMParallelScheduler):
+for _cls in (DDIMScheduler, DDIMInverseScheduler, DDIMParallelScheduler, FlowMatchDDIMScheduler):
     _cls.__module__ = __name__
 del _cls
 
@@ -36,6 +38,10 @@ __all__ = [
     "DDIMParallelSchedulerOutput",
     "DDIMScheduler",
     "DDIMSchedulerOutput",
+    "FlowMatchDDIMConfig",
+    "FlowMatchDDIMScheduler",
+    "flow_schedule",
+    "flow_sigmas",
     "img2img_timesteps",
     "invert",
     "kernel",

@@ -1,6 +1,7 @@
 """The fused engine behind the schedulers' ``step``: x̂0 and x_s from :class:`~ddim_sched.update.StepCoefficients`
-in the fewest passes over memory. One entry point, :func:`fused_step`; the tests hold it to
-:func:`ddim_sched.update.ddim_update`, the step as the paper writes it.
+in the fewest passes over memory. One entry point, :func:`fused_step` (and :func:`fused_prev_sample` for x_s
+alone, where a caller does not return x̂0); the tests hold it to :func:`ddim_sched.update.ddim_update`, the
+step as the paper writes it.
 
 It writes into fresh buffers and ``out=`` in place, so it records no gradients: the schedulers call it
 only when autograd is not recording, and :func:`~ddim_sched.update.ddim_update` otherwise.
@@ -29,7 +30,7 @@ from typing import Any, cast
 import torch
 
 from .arguments import is_compiling as _compiling
-from .thresholding import X0Clip
+from .thresholding import NO_CLIP, X0Clip
 from .update import StepCoefficients
 
 # Weights that are identically zero for a prediction type: their terms are skipped.
@@ -164,20 +165,21 @@ def takes_host_weights(model_output: torch.Tensor, sample: torch.Tensor) -> bool
 
 def _host_step(
     weights: StepCoefficients, sources: list[Any], terms: tuple[Terms, Terms], clip: X0Clip, out: torch.Tensor | None
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Host weights: each output one or two passes (any layout), x̂0 bounded in place."""
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Host weights: each output one or two passes (any layout), x̂0 bounded in place (None without x̂0 terms)."""
     out_dtype = sources[_X].dtype
     if out_dtype not in _HOST_DTYPES:  # half precision on the CPU: convert each input once
         sources = [None if v is None else v.to(torch.float32) for v in sources]
     direct = out if out is not None and out.dtype == sources[_X].dtype else None
     x0_terms, prev_terms = terms
-    x0 = _combine_host([(cast(float, weights[j]), sources[s]) for j, s in x0_terms])
-    clip.apply_(x0)
+    x0 = _combine_host([(cast(float, weights[j]), sources[s]) for j, s in x0_terms]) if x0_terms else None
+    if x0 is not None:
+        clip.apply_(x0)
     sources = [*sources, x0]
     ordered = _reads_destination_first(prev_terms, sources, direct)
     prev = _combine_host([(cast(float, weights[j]), sources[s]) for j, s in ordered], direct)
-    if x0.dtype != out_dtype:
-        prev, x0 = prev.to(out_dtype), x0.to(out_dtype)
+    if prev.dtype != out_dtype:
+        prev, x0 = prev.to(out_dtype), None if x0 is None else x0.to(out_dtype)
     if out is not None and prev is not out:
         prev = out.copy_(prev)
     return prev, x0
@@ -196,19 +198,21 @@ def _device_row(weights: StepCoefficients, like: torch.Tensor) -> StepCoefficien
 
 def _tensor_step(
     weights: StepCoefficients, sources: list[Any], terms: tuple[Terms, Terms], clip: X0Clip, out: torch.Tensor | None
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Tensor weights (any layout): a multiply and an in-place addcmul_ per further term."""
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Tensor weights (any layout): a multiply and an in-place addcmul_ per further term (no x̂0 without its terms)."""
     ndim, out_dtype = sources[_X].dim(), sources[_X].dtype
     # (indexing, not slicing: dynamo in torch 2.6 cannot slice a NamedTuple)
     columns = [as_column(cast(torch.Tensor, weights[i]), ndim) for i in range(len(WEIGHTS))]
     x0_terms, prev_terms = terms
     # Bounding x̂0 needs it in the compute dtype; otherwise it is written in the output dtype.
-    x0 = _combine_tensor([(columns[j], sources[s]) for j, s in x0_terms], None if clip.active else out_dtype)
-    clip.apply_(x0)
+    x0 = None
+    if x0_terms:
+        x0 = _combine_tensor([(columns[j], sources[s]) for j, s in x0_terms], None if clip.active else out_dtype)
+        clip.apply_(x0)
     sources = [*sources, x0]
     ordered = _reads_destination_first(prev_terms, sources, out)
     prev = _combine_tensor([(columns[j], sources[s]) for j, s in ordered], out_dtype, out)
-    return prev, x0.to(out_dtype)
+    return prev, None if x0 is None else x0.to(out_dtype)
 
 
 def fused_step(
@@ -236,6 +240,33 @@ def fused_step(
         (x_s, x̂0): x_s is ``out`` when given; x̂0 a new tensor.
     """
     terms = _terms(prediction_type, clip.active, use_clipped_model_output, noise is not None)
+    prev, x0 = _dispatch(model_output, sample, weights, terms, clip, noise, out)
+    return prev, x0  # type: ignore[return-value]  # x̂0 terms are never empty here
+
+
+def fused_prev_sample(
+    model_output: torch.Tensor,
+    sample: torch.Tensor,
+    weights: StepCoefficients,
+    prediction_type: str,
+    noise: torch.Tensor | None = None,
+    out: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """x_s alone of an unclipped step, as :func:`fused_step` computes it, without x̂0: one pass over memory
+    fewer, for callers that do not return x̂0."""
+    _, prev_terms = _terms(prediction_type, False, False, noise is not None)
+    return _dispatch(model_output, sample, weights, ((), prev_terms), NO_CLIP, noise, out)[0]
+
+
+def _dispatch(
+    model_output: torch.Tensor,
+    sample: torch.Tensor,
+    weights: StepCoefficients,
+    terms: tuple[Terms, Terms],
+    clip: X0Clip,
+    noise: torch.Tensor | None,
+    out: torch.Tensor | None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     sources = [sample, model_output, noise]
     if not isinstance(weights.prev_x, torch.Tensor):
         if takes_host_weights(model_output, sample):

@@ -4,7 +4,8 @@ The demo measures the trends of the DDIM paper's Tables 1 and 2 (Song, Meng & Er
 whose optimal denoiser is known exactly (:mod:`ddim_sched.toy`), through this library's own
 :class:`~ddim_sched.DDIMScheduler`, :func:`~ddim_sched.sample` and :func:`~ddim_sched.invert`:
 
-* (a) :mod:`~ddim_sched.demo.gaussian`: exact W2 of DDIM's output law on Gaussian data;
+* (a) :mod:`~ddim_sched.demo.gaussian`: exact W2 of DDIM's output law on Gaussian data, and of the flow
+  scheduler's on the rectified-flow path (:mod:`~ddim_sched.demo.flow`);
 * (b) :mod:`~ddim_sched.demo.mixture`: a 2-D mixture, Monte-Carlo sliced W2 and its noise floor;
 * (c) :mod:`~ddim_sched.demo.roundtrip`: encode → decode round trips.
 
@@ -22,7 +23,7 @@ whose optimal denoiser is known exactly (:mod:`ddim_sched.toy`), through this li
 ``run(settings)`` plus one entry in :data:`~ddim_sched.demo.runner.SECTIONS`.
 """
 
-from . import figures, gaussian, mixture, paper, roundtrip, schedule
+from . import figures, flow, gaussian, mixture, paper, roundtrip, schedule
 from .common import DemoSettings
 from .runner import SECTIONS, DemoResult, format_header, run
 
@@ -31,6 +32,7 @@ __all__ = [
     "DemoResult",
     "DemoSettings",
     "figures",
+    "flow",
     "format_header",
     "gaussian",
     "mixture",

@@ -5,6 +5,8 @@ linear in (x_t, model output m, noise z), so each step maps a Gaussian law to a 
 x_prev = A·x_t + B + σ·z with A = P_x + P_m·g, B = P_m·h, where ε̂ = g·x_t + h and P_x, P_m, σ are
 read off ``DDIMScheduler.step`` by stepping unit inputs. Mean and variance are propagated exactly
 per dimension, and W2² = Σ_i (m_i − μ_i)² + (√v_i − c_i)² between two diagonal Gaussians.
+
+The section also measures the flow-matching path on the same data (:mod:`ddim_sched.demo.flow`).
 """
 
 from __future__ import annotations
@@ -16,8 +18,10 @@ from dataclasses import dataclass
 
 import torch
 
+from ..flow_scheduler import FlowMatchDDIMScheduler
 from ..scheduler import DDIMScheduler
 from .common import DemoSettings, demo_scheduler, loglog_slope, prev_sample
+from .flow import FLOW_ETAS, FLOW_STEPS, FlowGaussianTable, flow_table
 from .paper import PAPER_ETAS, PAPER_STEPS, PAPER_TABLE1_FID
 from .progress import Progress
 
@@ -25,16 +29,25 @@ DIM = 3072  # a CIFAR10 image
 
 
 def step_coefficients(
-    scheduler: DDIMScheduler, t: int, eta: float, device: torch.device, dtype: torch.dtype
+    scheduler: DDIMScheduler | FlowMatchDDIMScheduler,
+    t: int | torch.Tensor,
+    eta: float | None,
+    device: torch.device,
+    dtype: torch.dtype,
 ) -> tuple[float, float, float]:
-    """(P_x, P_m, σ) with x_prev = P_x·x_t + P_m·m + σ·z, read from ``scheduler.step`` by stepping unit inputs.
+    """(P_x, P_m, σ) with x_prev = P_x·x_t + P_m·m + σ·z, read from ``scheduler.step`` by stepping unit inputs
+    (a DDIMScheduler, or a FlowMatchDDIMScheduler with a float timestep; ``eta=None``: the scheduler's own η).
 
     The scheduler must have clipping and thresholding off (the step is then linear); the three
     unit vectors (x_t, m, z) = e_1, e_2, e_3 are stepped as one batch of three in ``dtype``.
     """
     eye = torch.eye(3, dtype=dtype, device=device)
     sample, model_output, noise = eye[:, 0:1], eye[:, 1:2], eye[:, 2:3]
-    prev = prev_sample(scheduler.step(model_output, t, sample, eta=eta, variance_noise=noise))
+    if eta is None:
+        result = scheduler.step(model_output, t, sample, variance_noise=noise)
+    else:
+        result = scheduler.step(model_output, t, sample, eta=eta, variance_noise=noise)
+    prev = prev_sample(result)
     p_x, p_m, sigma = prev.reshape(3).to("cpu", torch.float64).tolist()
     return p_x, p_m, sigma
 
@@ -138,6 +151,7 @@ class GaussianResult:
     dim: int
     wall_time: float
     name: str = "gaussian"
+    flow: FlowGaussianTable | None = None
 
     @property
     def falls_with_steps(self) -> bool:
@@ -178,13 +192,18 @@ class GaussianResult:
             f"    W2 falls with S at every eta: {'yes' if self.falls_with_steps else 'NO'}; "
             f"eta={eta_order} at every S: {'yes' if self.ordered_by_eta else 'NO'}"
         )
+        if self.flow is not None:
+            lines += self.flow.format_lines()
         lines.append(f"    wall time: {self.wall_time:.1f} s")
         return "\n".join(lines)
 
 
 def run(settings: DemoSettings) -> GaussianResult:
-    """Section (a) at full size (it takes about a second either way)."""
+    """Section (a) at full size, DDIM and the flow path (it takes about a second either way)."""
     start = time.perf_counter()
     table = gaussian_table(PAPER_STEPS, PAPER_ETAS, DIM, settings.seed, settings.device, settings.dtype,
                            settings.progress)
-    return GaussianResult(table, PAPER_STEPS, PAPER_ETAS, DIM, time.perf_counter() - start)
+    mean, std = gaussian_data(DIM, settings.seed)
+    flow = flow_table(FLOW_STEPS, FLOW_ETAS, mean, std, settings.device, settings.dtype, settings.progress)
+    flow_result = FlowGaussianTable(flow, FLOW_STEPS, FLOW_ETAS)
+    return GaussianResult(table, PAPER_STEPS, PAPER_ETAS, DIM, time.perf_counter() - start, flow=flow_result)

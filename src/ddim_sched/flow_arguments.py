@@ -1,0 +1,154 @@
+"""The per-call arguments of :class:`~ddim_sched.FlowMatchDDIMScheduler`: custom levels and timesteps for
+``set_timesteps``, μ, float timesteps and η for ``step``. Each check raises a TypeError or ValueError that
+names the argument and the value received.
+
+Per-element tensors (timesteps, η) broadcast over a sample from its leading dimensions: a tensor of shape
+(d_0, ..., d_k) with each d_i equal to 1 or to the sample's size i, k < the sample's rank ([B] is one value
+per sample; [B, 1, F, 1, 1] one per frame of video latents [B, C, F, H, W]).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import torch
+
+from ._engine import compute_dtype
+from .arguments import is_compiling
+from .noise import Generator, randn
+from .validation import as_int, as_real, check_floating_tensor, check_real
+
+__all__ = [
+    "aligned",
+    "check_aligned",
+    "check_decreasing",
+    "check_levels",
+    "check_mu",
+    "check_timestep_type",
+    "eta_value",
+    "float_array",
+    "step_noise",
+]
+
+
+def float_array(name: str, value: Any) -> np.ndarray:
+    """A 1-D array of finite floats, as float64."""
+    if isinstance(value, torch.Tensor):
+        if value.dtype == torch.bool or value.is_complex():
+            raise TypeError(f"{name} must hold real numbers; got dtype {value.dtype}")
+        value = value.detach().to("cpu", torch.float64).numpy()
+    try:
+        array = np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError) as err:
+        raise TypeError(f"{name} must be a 1-D sequence of real numbers; got {value!r}") from err
+    if array.ndim != 1 or array.size == 0:
+        raise ValueError(f"{name} must be a non-empty 1-D sequence; got shape {tuple(array.shape)}")
+    if not np.isfinite(array).all():
+        raise ValueError(f"{name} must be finite; got {value!r}")
+    return array
+
+
+def check_decreasing(name: str, array: np.ndarray) -> None:
+    rising = np.flatnonzero(np.diff(array) >= 0)
+    if rising.size:
+        i = int(rising[0])
+        raise ValueError(
+            f"{name} must be strictly decreasing; got {name}[{i}] = {float(array[i])!r} <= "
+            f"{name}[{i + 1}] = {float(array[i + 1])!r}"
+        )
+
+
+def check_levels(name: str, levels: np.ndarray) -> np.ndarray:
+    """Noise levels: strictly decreasing, each in (0, 1] (the scheduler appends the final 0)."""
+    outside = np.flatnonzero(~((levels > 0) & (levels <= 1)))
+    if outside.size:
+        i = int(outside[0])
+        raise ValueError(
+            f"{name} must lie in (0, 1] (the final sigma = 0 is appended by the scheduler); "
+            f"got {name}[{i}] = {float(levels[i])!r}"
+        )
+    check_decreasing(name, levels)
+    return levels
+
+
+def check_mu(mu: Any, time_shift_type: str) -> float:
+    if mu is None:
+        raise ValueError(
+            "mu must be given when use_dynamic_shifting=True (pipelines compute it from the image size); got None"
+        )
+    value = check_real("mu", mu)
+    if time_shift_type == "linear" and value <= 0:
+        raise ValueError(f"mu must be > 0 for the linear time shift; got {mu!r}")
+    return value
+
+
+def check_aligned(name: str, value: torch.Tensor, sample: torch.Tensor) -> None:
+    """That a per-element tensor broadcasts over the sample from its leading dimensions."""
+    shape = tuple(value.shape)
+    if len(shape) > sample.dim() or any(n not in (1, m) for n, m in zip(shape, sample.shape, strict=False)):
+        raise ValueError(
+            f"{name} of shape {shape} does not broadcast over the sample's leading dimensions "
+            f"{tuple(sample.shape)}: each dimension must be 1 or the sample's (e.g. [B], or [B, 1, F, 1, 1] "
+            "for video latents [B, C, F, H, W])"
+        )
+
+
+def aligned(name: str, value: torch.Tensor, sample: torch.Tensor) -> torch.Tensor:
+    """A per-element tensor (checked) shaped to broadcast over the sample from its leading dimensions."""
+    check_aligned(name, value, sample)
+    return value.reshape(tuple(value.shape) + (1,) * (sample.dim() - value.dim()))
+
+
+def check_timestep_type(name: str, value: Any) -> None:
+    if isinstance(value, torch.Tensor):
+        if not value.is_floating_point():
+            raise TypeError(
+                f"{name} must be a floating-point tensor (an element of scheduler.timesteps, not an index); "
+                f"got dtype {value.dtype}"
+            )
+    elif isinstance(value, (bool, np.bool_)) or as_int(value) is not None:
+        raise TypeError(
+            f"{name} must be one of scheduler.timesteps (a float), not an integer index (from enumerate?); "
+            f"got {value!r}"
+        )
+    elif as_real(value) is None:
+        raise TypeError(
+            f"{name} must be a float or a floating-point tensor; got {value!r} of type {type(value).__name__}"
+        )
+
+
+def eta_value(eta: Any, sample: torch.Tensor) -> float | torch.Tensor:
+    """η as a float >= 0, or a per-element floating tensor (checked on the host when it is a CPU tensor;
+    a CPU tensor of one element becomes a float)."""
+    number = as_real(eta)
+    if number is not None:
+        return check_real("eta", number, 0.0)
+    if not isinstance(eta, torch.Tensor) or not eta.is_floating_point():
+        raise TypeError(f"eta must be a float or a floating-point tensor; got {eta!r} of type {type(eta).__name__}")
+    check_aligned("eta", eta, sample)
+    if eta.device.type != "cpu" or is_compiling() or eta.requires_grad:
+        return eta
+    values = eta.reshape(-1).tolist()
+    bad = [v for v in values if not (math.isfinite(v) and v >= 0)]
+    if bad:
+        raise ValueError(f"eta must be finite and >= 0; got {bad[0]!r}")
+    return float(values[0]) if eta.numel() == 1 else eta
+
+
+def step_noise(
+    stochastic: bool, sample: torch.Tensor, generator: Generator, variance_noise: Any
+) -> torch.Tensor | None:
+    """z for a step: the given ``variance_noise`` (checked), or drawn as diffusers' ``randn_tensor`` draws it
+    in the compute dtype (as its flow scheduler does); None for a deterministic step."""
+    if generator is not None and variance_noise is not None:
+        raise ValueError("pass either generator or variance_noise, not both")
+    if variance_noise is not None:
+        check_floating_tensor("variance_noise", variance_noise)
+        if variance_noise.shape != sample.shape:
+            raise ValueError(
+                f"variance_noise must have the sample's shape {tuple(sample.shape)}; got {tuple(variance_noise.shape)}"
+            )
+        return variance_noise.to(sample.device) if stochastic else None
+    return randn(sample.shape, generator, sample.device, compute_dtype(sample.dtype)) if stochastic else None

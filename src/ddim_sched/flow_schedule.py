@@ -1,0 +1,421 @@
+r"""The DDIM step on the rectified-flow and variance-exploding paths, and the schedule a flow-matching
+scheduler steps along.
+
+=================  ==========================  ====================================================
+path               level (a, b) at noise σ     where
+=================  ==========================  ====================================================
+rectified flow     (1 − σ, σ)   :func:`flow_level`   SD3, Flux: σ ∈ [0, 1], the model predicts u = ε − x0
+variance exploding (1, σ)       :func:`ve_level`     k-diffusion: σ = √((1 − ᾱ)/ᾱ), x_VE = x_VP/√ᾱ
+=================  ==========================  ====================================================
+
+:func:`flow_step_coefficients` is :func:`ddim_sched.update.step_coefficients` on the flow path with the
+noise clamped the way k-diffusion clamps it, σ_step ≤ b_s, so that every η >= 0 is a valid step: η = 0 is
+the Euler step x_s = x_t + (σ_s − σ_t)·u, η = 1 the DDPM posterior, and η → ∞ re-noises x̂0 completely,
+x_s = (1 − σ_s)·x̂0 + σ_s·z (diffusers' ``stochastic_sampling``, ``renoise=True`` here).
+:func:`ve_ancestral_step` gives k-diffusion's (σ_down, σ_up) from the same update.
+
+:class:`FlowSchedule` holds the timesteps one ``set_timesteps`` chose (float32, as pipelines pass them to
+the model), the noise level of each in float64, the cached step coefficients, and per-device tables for
+tensor timesteps, which it looks up on the device without reading them.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import numpy as np
+import torch
+
+from ._engine import compute_dtype, fused_prev_sample, fused_step, takes_host_weights
+from .arguments import is_compiling
+from .flow_arguments import (
+    aligned,
+    check_aligned,
+    check_decreasing,
+    check_levels,
+    check_mu,
+    check_timestep_type,
+    float_array,
+)
+from .flow_config import FlowMatchDDIMConfig
+from .flow_sigmas import flow_sigmas
+from .schedule import ROW_CACHE_SIZE, _LockedCache
+from .thresholding import NO_CLIP
+from .update import StepCoefficients, step_coefficients
+from .validation import check_floating_tensor, check_int
+
+__all__ = [
+    "FlowSchedule",
+    "apply_step",
+    "flow_level",
+    "flow_step_coefficients",
+    "plan_schedule",
+    "ve_ancestral_step",
+    "ve_level",
+]
+
+logger = logging.getLogger("ddim_sched")
+
+# A float or a tensor (mixed freely: a float level with a tensor η, ...).
+Value = float | torch.Tensor
+
+# A host timestep matches an element of the schedule within this fraction of num_train_timesteps.
+TIMESTEP_RTOL = 1e-5
+
+
+def flow_level(sigma: Value) -> tuple[Value, Value]:
+    """(a, b) = (1 − σ, σ) of the rectified-flow path at noise level σ."""
+    return 1 - sigma, sigma
+
+
+def ve_level(sigma: Value) -> tuple[Value, Value]:
+    """(a, b) = (1, σ) of the variance-exploding path at noise level σ."""
+    return 1 + 0 * sigma, sigma
+
+
+def _minimum(a: Value, b: Value) -> Value:
+    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
+        return torch.minimum(torch.as_tensor(a), torch.as_tensor(b))
+    return min(a, b)
+
+
+def flow_step_coefficients(
+    sigma_t: Value, sigma_s: Value, eta: Value, *, renoise: bool = False, inverted: bool = False
+) -> StepCoefficients:
+    """One DDIM step on the flow path from noise level σ_t to σ_s with η, for a velocity model output.
+
+    The noise the step adds is min(η·b_s·√(1 − r), b_s) (eq. 16, clamped at b_s as k-diffusion clamps
+    σ_up at σ_to; no change for η <= 1). ``renoise`` is the η → ∞ end: x_s = a_s·x̂0 + b_s·z. ``inverted``
+    reads the model output as x0 − ε (Mochi's convention) instead of ε − x0. Floats or broadcastable tensors.
+    """
+    a_t, b_t = flow_level(sigma_t)
+    a_s, b_s = flow_level(sigma_s)
+    row = step_coefficients(a_t, b_t, a_s, b_s, eta, "flow_prediction")
+    if renoise:
+        zero = 0.0 * row.eps_x
+        row = row._replace(
+            prev_x=a_s * row.x0_x,
+            prev_m=a_s * row.x0_m,
+            eps_x=zero,
+            eps_m=zero,
+            clip_x0=a_s + zero,
+            clip_x=zero,
+            sigma=b_s + zero,
+        )
+    else:
+        row = row._replace(sigma=_minimum(row.sigma, b_s))
+    if inverted:
+        row = row._replace(x0_m=-row.x0_m, prev_m=-row.prev_m, eps_m=-row.eps_m)
+    return row
+
+
+def ve_ancestral_step(sigma_from: Value, sigma_to: Value, eta: Value = 1.0) -> tuple[Value, Value]:
+    """(σ_down, σ_up) of the DDIM step with η from σ_from to σ_to on the variance-exploding path, the noise
+    clamped at σ_to as in :func:`flow_step_coefficients`: the step is x_to = x̂0 + σ_down·ε̂ + σ_up·z.
+
+    This is k-diffusion's ``get_ancestral_step`` (the tests hold it to that formula), and DDIMScheduler's
+    step in x/√ᾱ coordinates: σ_up = σ_DDIM(η)/√ᾱ_to, with σ = √((1 − ᾱ)/ᾱ) (``DDIMScheduler.sigmas``).
+    """
+    a_t, b_t = ve_level(sigma_from)
+    a_s, b_s = ve_level(sigma_to)
+    row = step_coefficients(a_t, b_t, a_s, b_s, eta, "epsilon")
+    return row.eps_m, _minimum(row.sigma, b_s)  # eps_m, the weight of ε̂: √(σ_to² − σ_up²)
+
+
+def apply_step(
+    model_output: torch.Tensor,
+    sample: torch.Tensor,
+    weights: StepCoefficients,
+    noise: torch.Tensor | None,
+    out: torch.Tensor | None,
+    with_x0: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(x_s, x̂0) of a flow step from its weights (host floats, or tensors shaped to broadcast over the sample),
+    in the sample's dtype: the fused engine, or while autograd records the same linear combination out of
+    place. Without ``with_x0``, x̂0 is not computed (None; one pass over memory fewer)."""
+    dtype = compute_dtype(sample.dtype)
+    recording = torch.is_grad_enabled() and (
+        model_output.requires_grad
+        or sample.requires_grad
+        or (noise is not None and noise.requires_grad)
+        or (isinstance(weights.prev_x, torch.Tensor) and weights.prev_x.requires_grad)
+    )
+    if recording:
+        w = [c.to(sample.device, dtype) if isinstance(c, torch.Tensor) else c for c in weights]
+        x, m = sample.to(dtype), model_output.to(dtype)
+        prev = w[2] * x + w[3] * m
+        if noise is not None:
+            prev = prev + w[9] * noise.to(dtype)
+        prev = prev.to(sample.dtype)
+        x0 = (w[0] * x + w[1] * m).to(sample.dtype) if with_x0 else None
+        return (prev if out is None else out.copy_(prev)), x0
+    if isinstance(weights.prev_x, torch.Tensor):
+        columns = torch.stack(torch.broadcast_tensors(*weights)).to(device=sample.device, dtype=dtype)
+        weights = StepCoefficients(*columns.unbind(0))
+    if not with_x0:
+        return fused_prev_sample(model_output, sample, weights, "flow_prediction", noise, out), None
+    return fused_step(model_output, sample, weights, "flow_prediction", NO_CLIP, False, noise, out)
+
+
+def _as_float64(values: np.ndarray | torch.Tensor) -> torch.Tensor:
+    return torch.as_tensor(np.asarray(values, dtype=np.float64)).clone()
+
+
+class FlowSchedule:
+    """Timesteps and noise levels of a flow-matching schedule.
+
+    Args:
+        timesteps: The public timesteps, float32 [N], strictly monotone, in visiting order.
+        levels: The noise level σ of each, float64 [N], then (for a sampling schedule) the final level:
+            [N + 1]. Always the real noise (1 at pure noise), also when the model's time is inverted.
+        public_sigmas: diffusers' ``sigmas`` attribute, float32.
+        renoise, inverted: How steps read the model and add noise (see :func:`flow_step_coefficients`).
+        num_train_timesteps: T (a host timestep matches an element within ``TIMESTEP_RTOL``·T).
+        device: Where the public tensors go.
+    """
+
+    def __init__(
+        self,
+        timesteps: torch.Tensor,
+        levels: np.ndarray,
+        public_sigmas: torch.Tensor,
+        renoise: bool,
+        inverted: bool,
+        num_train_timesteps: int,
+        device: str | torch.device | None = None,
+    ) -> None:
+        self.tensor = timesteps.to(device)
+        self.public_sigmas = public_sigmas.to(device)
+        self.levels = _as_float64(levels)
+        self.renoise, self.inverted, self.num_train_timesteps = renoise, inverted, num_train_timesteps
+        self._host_tensor = timesteps.to("cpu", torch.float64)
+        self.host = self._host_tensor.numpy()
+        self.host.setflags(write=False)
+        self.sampling = len(levels) == len(self.host) + 1
+        self._positions = {float(t): i for i, t in enumerate(self.host)}
+        self._tensor_version = self.tensor._version
+        self._rows = _LockedCache(ROW_CACHE_SIZE)
+        self._tables = _LockedCache(16)
+
+    def __len__(self) -> int:
+        return len(self.host)
+
+    # ------------------------------------------------------------------ finding a timestep
+
+    def index_of(self, value: float, name: str = "timestep") -> int:
+        """The index of a host timestep value: an element of the timesteps, up to float32 rounding.
+
+        Raises:
+            ValueError: The value is not one of the timesteps.
+        """
+        index = self._positions.get(value)
+        if index is not None:
+            return index
+        if len(self.host):
+            nearest = int(np.abs(self.host - value).argmin())
+            if abs(self.host[nearest] - value) <= TIMESTEP_RTOL * self.num_train_timesteps:
+                return nearest
+            hint = f"; the nearest is timesteps[{nearest}] = {float(self.host[nearest])!r}"
+        else:
+            hint = ""
+        raise ValueError(f"{name} must be one of scheduler.timesteps; got {value!r}{hint}")
+
+    def host_index(self, timestep: Any, sample: torch.Tensor, model_output: torch.Tensor | None = None) -> int | None:
+        """The index of a timestep known on the host (checked: it must be one of the timesteps); None for a
+        tensor to look up on its device. An element of :attr:`tensor` is found without reading it (where the
+        engine takes host weights for these inputs)."""
+        check_timestep_type("timestep", timestep)
+        if not isinstance(timestep, torch.Tensor):
+            return self.index_of(float(timestep))
+        if timestep.dim():
+            check_aligned("timestep", timestep, sample)
+        if is_compiling():
+            return None
+        if model_output is None or takes_host_weights(model_output, sample):
+            index = self.element_index(timestep)
+            if index is not None:
+                return index
+        if timestep.device.type == "cpu":
+            indices = [self.index_of(v) for v in timestep.reshape(-1).tolist()]
+            return indices[0] if len(indices) == 1 else None
+        return None
+
+    def element_index(self, t: torch.Tensor) -> int | None:
+        """The index of a 0-d tensor that is an element of :attr:`tensor` (as ``for t in timesteps`` yields),
+        found from its place in memory without reading the device; None otherwise."""
+        tensor = self.tensor
+        if t.dim() != 0 or t.dtype != tensor.dtype or t.device != tensor.device or t._version != self._tensor_version:
+            return None
+        if tensor.numel() == 0 or t.untyped_storage().data_ptr() != tensor.untyped_storage().data_ptr():
+            return None
+        offset = t.storage_offset() - tensor.storage_offset()
+        stride = int(tensor.stride(0))
+        index, remainder = divmod(int(offset), stride) if stride else (0, int(offset))
+        return index if not remainder and 0 <= index < len(self) else None
+
+    # ------------------------------------------------------------------ levels and coefficients
+
+    def level(self, index: int) -> float:
+        """σ of the timestep at ``index`` (index len(self) on a sampling schedule: the final level)."""
+        return float(self.levels[index])
+
+    def row(self, index: int, eta: float) -> StepCoefficients:
+        """The float64 coefficients (host floats) of the step from ``timesteps[index]`` with η, cached."""
+        key = (index, eta)
+        row = self._rows.get(key)
+        if row is None:
+            row = flow_step_coefficients(
+                self.level(index), self.level(index + 1), eta, renoise=self.renoise, inverted=self.inverted
+            )
+            row = self._rows.put(key, StepCoefficients(*(float(c) for c in row)))
+        return row
+
+    def tables(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """(timesteps, levels) as float64 tensors on ``device`` (float32 on MPS), copied there once."""
+        key = str(device)
+        tables = self._tables.get(key)
+        if tables is None:
+            dtype = torch.float32 if device.type == "mps" else torch.float64
+            pair = (self._host_tensor.to(dtype), self.levels.to(dtype))
+            if device.type == "cuda" and not is_compiling():
+                pair = (
+                    pair[0].pin_memory().to(device, non_blocking=True),
+                    pair[1].pin_memory().to(device, non_blocking=True),
+                )
+            tables = self._tables.put(key, tuple(v.to(device) for v in pair))
+        return tables
+
+    def indices_of(self, t: torch.Tensor) -> torch.Tensor:
+        """For each element of a floating tensor of timesteps, the index of the nearest timestep, on its
+        device and without reading it (int64, t's shape)."""
+        timesteps, _ = self.tables(t.device)
+        distance = (timesteps - t.reshape(-1, 1).to(timesteps.dtype)).abs()
+        return distance.argmin(dim=1).reshape(t.shape)
+
+    def levels_of(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(σ_t, σ_s) for a tensor of timesteps: each at its nearest timestep, landing on the next level."""
+        _, levels = self.tables(t.device)
+        index = self.indices_of(t)
+        return levels[index], levels[(index + 1).clamp(max=len(levels) - 1)]
+
+    def coefficients(
+        self, timestep: Any, eta: float | torch.Tensor, sample: torch.Tensor, model_output: torch.Tensor,
+        per_token: torch.Tensor | None = None,
+    ) -> tuple[StepCoefficients, int | None]:  # fmt: skip
+        """A step's coefficients (host floats, or float64 tensors shaped to broadcast over the sample) and the
+        timestep's index where it is known on the host. ``per_token``: diffusers' per-token levels, σ_t =
+        value/T landing on the largest level below, the model output read as x0 − ε."""
+        inverted = self.inverted
+        if per_token is not None:
+            check_floating_tensor("per_token_timesteps", per_token)
+            if inverted:
+                raise ValueError("per_token_timesteps cannot be used with invert_sigmas=True")
+            sigma_t = aligned("per_token_timesteps", per_token, sample).to(sample.device, torch.float64)
+            sigma_t = sigma_t / self.num_train_timesteps
+            index, sigma_s, inverted = None, self.levels_below(sigma_t), True
+        else:
+            index = self.host_index(timestep, sample, model_output)
+            if index is not None and isinstance(eta, float):
+                return self.row(index, eta), index
+            sigma_t, sigma_s = self.levels_for(timestep, index, sample)
+        if isinstance(eta, torch.Tensor):
+            eta = aligned("eta", eta, sample).to(sigma_t.device, sigma_t.dtype)
+        return flow_step_coefficients(sigma_t, sigma_s, eta, renoise=self.renoise, inverted=inverted), index
+
+    def sigma_at(self, timestep: Any, like: torch.Tensor) -> float | torch.Tensor:
+        """σ at a timestep: a float for a host timestep, else a tensor of the compute dtype shaped to
+        broadcast over ``like``."""
+        index = self.host_index(timestep, like)
+        if index is not None:
+            return self.level(index)
+        t = aligned("timestep", timestep, like).to(like.device)
+        _, levels = self.tables(like.device)
+        return levels[self.indices_of(t)].to(compute_dtype(like.dtype))
+
+    def levels_for(self, timestep: Any, index: int | None, sample: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(σ_t, σ_s) as tensors on the sample's device, shaped to broadcast over it: of ``timesteps[index]``,
+        or of each element of the tensor ``timestep`` (index None)."""
+        if index is not None:
+            dtype = torch.float32 if sample.device.type == "mps" else torch.float64
+            levels = torch.tensor([self.level(index), self.level(index + 1)], dtype=dtype, device=sample.device)
+            return levels[0], levels[1]
+        return self.levels_of(aligned("timestep", timestep, sample).to(sample.device))
+
+    def levels_below(self, sigma: torch.Tensor) -> torch.Tensor:
+        """For each level σ, the largest schedule level below σ − 1e-6 (0 if none): where diffusers'
+        ``per_token_timesteps`` steps land."""
+        _, levels = self.tables(sigma.device)
+        below = levels < sigma.unsqueeze(-1).to(levels.dtype) - 1e-6
+        return torch.where(below, levels, torch.zeros_like(levels)).amax(dim=-1)
+
+
+def _count(num_inference_steps: Any, sigmas: np.ndarray | None, timesteps: np.ndarray | None) -> int:
+    """S: num_inference_steps, or the length of the custom levels / timesteps (which must agree)."""
+    if sigmas is not None and timesteps is not None and len(sigmas) != len(timesteps):
+        raise ValueError(f"sigmas and timesteps must have the same length; got {len(sigmas)} and {len(timesteps)}")
+    given = sigmas if sigmas is not None else timesteps
+    if num_inference_steps is None:
+        if given is None:
+            raise ValueError("set_timesteps needs num_inference_steps, sigmas or timesteps; got none of them")
+        return len(given)
+    count = check_int("num_inference_steps", num_inference_steps, 1)
+    if given is not None and len(given) != count:
+        raise ValueError(f"num_inference_steps={count} disagrees with the {len(given)} custom sigmas/timesteps given")
+    return count
+
+
+def plan_schedule(
+    config: FlowMatchDDIMConfig,
+    shift: float,
+    sigma_range: tuple[float, float],
+    num_inference_steps: Any = None,
+    sigmas: Any = None,
+    mu: Any = None,
+    timesteps: Any = None,
+    device: str | torch.device | None = None,
+) -> FlowSchedule:
+    """The schedule ``set_timesteps`` chooses, validated: S base levels (``sigmas``, or ``timesteps``/T, or
+    evenly spaced over ``sigma_range`` = (σ_max, σ_min)), through :func:`~ddim_sched.flow_sigmas.flow_sigmas`.
+
+    Raises:
+        ValueError, TypeError: As :meth:`FlowMatchDDIMScheduler.set_timesteps` documents.
+    """
+    T = config.num_train_timesteps
+    shift_mu = check_mu(mu, config.time_shift_type) if config.use_dynamic_shifting else None
+    custom_sigmas = None if sigmas is None else check_levels("sigmas", float_array("sigmas", sigmas))
+    custom_t = None if timesteps is None else float_array("timesteps", timesteps).astype(np.float32)
+    if custom_t is not None:
+        check_decreasing("timesteps", custom_t)
+    count = _count(num_inference_steps, custom_sigmas, custom_t)
+    if custom_sigmas is not None:
+        base = custom_sigmas
+    elif custom_t is not None:
+        base = check_levels("timesteps / num_train_timesteps", custom_t.astype(np.float64) / T)
+    else:
+        # The range comes from diffusers' float32 training table, whose top level can round above 1.
+        base = np.minimum(np.linspace(sigma_range[0] * T, sigma_range[1] * T, count) / T, 1.0)
+    if config.shift_terminal and base[-1] == 1:  # stretching divides by 1 − (the last level)
+        raise ValueError(
+            f"shift_terminal={config.shift_terminal!r} cannot stretch a schedule whose only level is 1 "
+            f"(num_inference_steps={count}): use more steps"
+        )
+    shifted = flow_sigmas(
+        base, shift=shift, mu=shift_mu, time_shift_type=config.time_shift_type,
+        shift_terminal=config.shift_terminal, conversion=config.sigma_conversion,
+    )  # fmt: skip
+    levels = check_levels("the shifted sigmas", shifted)
+    if custom_t is not None and custom_sigmas is None and not np.array_equal(levels, base):
+        logger.warning("timesteps were given without sigmas: the model gets them as given, while the noise levels "
+                       "derived from them go through the config's shift")  # fmt: skip
+    public = torch.from_numpy(levels).to(torch.float32)
+    if config.invert_sigmas:  # the model's time runs the other way: it sees 1 − σ
+        public_t, public_sigmas = (1.0 - public) * T, torch.cat([1.0 - public, torch.ones(1)])
+    else:
+        public_t = torch.from_numpy(custom_t) if custom_t is not None else public * T
+        public_sigmas = torch.cat([public, torch.zeros(1)])
+    if (public_t.diff() == 0).any():
+        raise ValueError(f"the {count} timesteps are not distinct in float32: use fewer steps")
+    return FlowSchedule(
+        public_t, np.append(levels, 0.0), public_sigmas, config.stochastic_sampling, config.invert_sigmas, T, device
+    )

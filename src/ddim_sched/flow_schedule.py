@@ -40,7 +40,7 @@ from .flow_arguments import (
 )
 from .flow_config import FlowMatchDDIMConfig
 from .flow_sigmas import flow_sigmas
-from .schedule import ROW_CACHE_SIZE, _LockedCache
+from .schedule import ROW_CACHE_SIZE, _LockedCache, element_position
 from .thresholding import NO_CLIP
 from .update import StepCoefficients, step_coefficients
 from .validation import check_floating_tensor, check_int
@@ -232,10 +232,9 @@ class FlowSchedule:
             check_aligned("timestep", timestep, sample)
         if is_compiling():
             return None
-        if model_output is None or takes_host_weights(model_output, sample):
-            index = self.element_index(timestep)
-            if index is not None:
-                return index
+        index = self.element_index(timestep)
+        if index is not None:
+            return index
         if timestep.device.type == "cpu":
             indices = [self.index_of(v) for v in timestep.reshape(-1).tolist()]
             return indices[0] if len(indices) == 1 else None
@@ -244,15 +243,8 @@ class FlowSchedule:
     def element_index(self, t: torch.Tensor) -> int | None:
         """The index of a 0-d tensor that is an element of :attr:`tensor` (as ``for t in timesteps`` yields),
         found from its place in memory without reading the device; None otherwise."""
-        tensor = self.tensor
-        if t.dim() != 0 or t.dtype != tensor.dtype or t.device != tensor.device or t._version != self._tensor_version:
-            return None
-        if tensor.numel() == 0 or t.untyped_storage().data_ptr() != tensor.untyped_storage().data_ptr():
-            return None
-        offset = t.storage_offset() - tensor.storage_offset()
-        stride = int(tensor.stride(0))
-        index, remainder = divmod(int(offset), stride) if stride else (0, int(offset))
-        return index if not remainder and 0 <= index < len(self) else None
+        index = element_position(self.tensor, self._tensor_version, t)
+        return index if index is not None and index < len(self) else None
 
     # ------------------------------------------------------------------ levels and coefficients
 
@@ -269,6 +261,18 @@ class FlowSchedule:
                 self.level(index), self.level(index + 1), eta, renoise=self.renoise, inverted=self.inverted
             )
             row = self._rows.put(key, StepCoefficients(*(float(c) for c in row)))
+        return row
+
+    def device_row(self, index: int, eta: float, dtype: torch.dtype, device: torch.device) -> StepCoefficients:
+        """:meth:`row` as 0-d tensors of ``dtype`` on ``device``, copied there once and cached (so a warmed-up
+        loop copies nothing and can be captured in a CUDA graph)."""
+        key = ("device", index, eta, dtype, str(device))
+        row = self._rows.get(key)
+        if row is None:
+            values = torch.tensor(self.row(index, eta), dtype=dtype)
+            if device.type == "cuda" and not is_compiling():
+                values = values.pin_memory().to(device, non_blocking=True)
+            row = self._rows.put(key, StepCoefficients(*values.to(device).unbind()))
         return row
 
     def tables(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -317,7 +321,9 @@ class FlowSchedule:
         else:
             index = self.host_index(timestep, sample, model_output)
             if index is not None and isinstance(eta, float):
-                return self.row(index, eta), index
+                if takes_host_weights(model_output, sample):
+                    return self.row(index, eta), index
+                return self.device_row(index, eta, compute_dtype(sample.dtype), sample.device), index
             sigma_t, sigma_s = self.levels_for(timestep, index, sample)
         if isinstance(eta, torch.Tensor):
             eta = aligned("eta", eta, sample).to(sigma_t.device, sigma_t.dtype)

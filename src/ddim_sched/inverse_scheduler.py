@@ -178,12 +178,14 @@ class DDIMInverseScheduler(DDIMSchedulerBase):
         schedule = self._require_schedule()
         _check_pair("model_output", model_output, "sample", sample)
         t = self._timestep_arg(timestep, sample, "timestep")
-        if isinstance(t, torch.Tensor) and not is_compiling() and takes_host_weights(model_output, sample):
+        if isinstance(t, torch.Tensor) and not is_compiling():
             known = schedule.host_timestep(t)
             t = t if known is None else known
         coefficients: StepCoefficients
-        if isinstance(t, int):
+        if isinstance(t, int) and takes_host_weights(model_output, sample):
             coefficients = schedule.row(schedule.target(t), t, 0.0)
+        elif isinstance(t, int):
+            coefficients = schedule.device_row(schedule.target(t), t, 0.0, compute_dtype(sample.dtype), sample.device)
         elif isinstance(t, np.ndarray):
             sources = np.array([schedule.target(int(v)) for v in t.reshape(-1)]).reshape(t.shape)
             coefficients = schedule.rows_at(sources, t, 0.0, compute_dtype(sample.dtype), sample.device)

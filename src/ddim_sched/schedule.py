@@ -25,6 +25,21 @@ from .update import StepCoefficients, step_coefficients, vp_level
 ROW_CACHE_SIZE = 4096
 
 
+def element_position(tensor: torch.Tensor, version: int, t: torch.Tensor) -> int | None:
+    """The index of ``t`` in the 1-D ``tensor`` when ``t`` is one of its elements (as ``for t in tensor``
+    yields: a 0-d view of the same storage), found from its place in memory without reading the device;
+    None for any other tensor, or once ``tensor`` was modified in place (its version is no longer
+    ``version``)."""
+    if t.dim() != 0 or t.dtype != tensor.dtype or t.device != tensor.device or t._version != version:
+        return None
+    if tensor.numel() == 0 or t.untyped_storage().data_ptr() != tensor.untyped_storage().data_ptr():
+        return None
+    stride = int(tensor.stride(0))
+    offset = int(t.storage_offset() - tensor.storage_offset())
+    index, remainder = divmod(offset, stride) if stride else (0, offset)
+    return index if not remainder and 0 <= index < tensor.shape[0] else None
+
+
 class _LockedCache:
     """A small bounded mapping that threads may share: reads take no lock (a dict lookup is atomic),
     writes and evictions (oldest first) do. While torch.compile traces it is bypassed (the traced code
@@ -163,17 +178,8 @@ class Schedule:
         """The value of a 0-d tensor that is an element of this schedule's ``tensor`` (as ``for t in
         scheduler.timesteps`` yields), found from its place in memory without reading the device; None
         for any other tensor, or once the timesteps tensor was modified in place."""
-        tensor = self.tensor
-        if t.dim() != 0 or t.dtype != tensor.dtype or t.device != tensor.device or t._version != self._tensor_version:
-            return None
-        if tensor.numel() == 0 or t.untyped_storage().data_ptr() != tensor.untyped_storage().data_ptr():
-            return None
-        offset = t.storage_offset() - tensor.storage_offset()
-        stride = int(tensor.stride(0))
-        index, remainder = divmod(int(offset), stride) if stride else (0, int(offset))
-        if remainder or not 0 <= index < len(self.timesteps):
-            return None
-        return int(self.timesteps[index])
+        index = element_position(self.tensor, self._tensor_version, t)
+        return None if index is None else int(self.timesteps[index])
 
     # ------------------------------------------------------------------ coefficients
 
@@ -193,6 +199,21 @@ class Schedule:
             a_t, b_t = self.levels.level(t_from)
             a_s, b_s = self.levels.level(t_to)
             row = self._rows.put(key, step_coefficients(a_t, b_t, a_s, b_s, eta, self.prediction_type))
+        return row
+
+    def device_row(
+        self, t_from: int, t_to: int, eta: float, dtype: torch.dtype, device: torch.device
+    ) -> StepCoefficients:
+        """:meth:`row` as 0-d tensors of ``dtype`` on ``device``, copied there once (through pinned memory,
+        without blocking, on CUDA) and cached: later steps from the same timestep copy nothing, so a loop
+        warmed up once can be captured in a CUDA graph."""
+        key = ("device", t_from, t_to, eta, dtype, str(device))
+        row = self._rows.get(key)
+        if row is None:
+            values = torch.tensor(self.row(t_from, t_to, eta), dtype=dtype)
+            if device.type == "cuda" and not is_compiling():
+                values = values.pin_memory().to(device, non_blocking=True)
+            row = self._rows.put(key, StepCoefficients(*values.to(device).unbind()))
         return row
 
     def _visited_table(self, eta: float, dtype: torch.dtype, device: torch.device) -> torch.Tensor:

@@ -100,12 +100,13 @@ class DDIMScheduler(DDIMSchedulerBase):
         self, schedule: Schedule, t: Any, prev_timestep: Any, eta: float | torch.Tensor, model_output: torch.Tensor,
         sample: torch.Tensor,
     ) -> StepCoefficients:
-        """The step's coefficients: host floats for one host timestep, float64 tensors (per sample or per
-        element) otherwise.
+        """The step's coefficients: host floats for one host timestep (where the engine applies host weights
+        directly; else the same row as tensors, copied to the device once per schedule), tensors per sample
+        or per element otherwise.
 
-        A device timestep that is an element of ``timesteps`` counts as a host timestep where the engine
-        applies host weights directly (otherwise they would be copied to the device)."""
-        if isinstance(t, torch.Tensor) and not is_compiling() and takes_host_weights(model_output, sample):
+        A device timestep that is an element of ``timesteps`` (as ``for t in scheduler.timesteps`` yields)
+        counts as a host timestep: its value is known without reading the device."""
+        if isinstance(t, torch.Tensor) and not is_compiling():
             known = schedule.host_timestep(t)
             t = t if known is None else known
         target: Any = None
@@ -114,13 +115,14 @@ class DDIMScheduler(DDIMSchedulerBase):
         if not isinstance(t, torch.Tensor):
             self._check_zero_snr([int(np.max(t))] if np.size(t) else [])
             if isinstance(eta, float) and not isinstance(target, torch.Tensor):
-                if isinstance(t, int) and target is None:
-                    return schedule.sampling_row(t, eta)
-                if isinstance(t, int) and isinstance(target, int):
-                    return schedule.row(t, target, eta)
+                if isinstance(t, int) and (target is None or isinstance(target, int)):
+                    lands = schedule.target(t) if target is None else target
+                    if takes_host_weights(model_output, sample):
+                        return schedule.sampling_row(t, eta) if target is None else schedule.row(t, lands, eta)
+                    return schedule.device_row(t, lands, eta, compute_dtype(sample.dtype), sample.device)
                 dtype = compute_dtype(sample.dtype)
-                to = None if target is None else np.asarray(target)
-                return schedule.rows_at(np.asarray(t), to, eta, dtype, sample.device)
+                targets = None if target is None else np.asarray(target)
+                return schedule.rows_at(np.asarray(t), targets, eta, dtype, sample.device)
         device = sample.device
         t_tensor = _as_tensor(t, device)
         if target is None:

@@ -404,6 +404,26 @@ def test_per_frame_timesteps_equal_stepping_each_frame_alone():
         scheduler.step(m, torch.zeros(B, F, dtype=torch.int64), x)
 
 
+@pytest.mark.parametrize("cls", [DDIMScheduler, DDIMInverseScheduler, ddim_sched.DDIMParallelScheduler])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_a_loop_over_the_schedules_own_timesteps_never_reads_them(cls, dtype, monkeypatch):
+    """``for t in scheduler.timesteps`` yields 0-d views of the schedule: their values are known from where
+    they live, so on a GPU the step reads nothing back (here: reading any tensor value fails the test)."""
+    scheduler = cls(clip_sample=False)
+    scheduler.set_timesteps(5)
+    x = torch.randn(2, 3, 4).to(dtype)
+    expected = [scheduler.step(0.1 * x, int(t), x).prev_sample for t in scheduler.timesteps]
+
+    def no_read(self, *args, **kwargs):
+        raise AssertionError("a timestep value was read")
+
+    for reader in ("tolist", "item", "numpy", "__int__", "__index__", "__array__"):
+        monkeypatch.setattr(torch.Tensor, reader, no_read)
+    got = [scheduler.step(0.1 * x, t, x).prev_sample for t in scheduler.timesteps]
+    monkeypatch.undo()
+    assert all(torch.equal(a, b) for a, b in zip(got, expected, strict=True))
+
+
 def test_dummy_model_steps_under_any_timestep_shape():
     scheduler = DDIMScheduler(clip_sample=False)
     scheduler.set_timesteps(10)

@@ -177,10 +177,10 @@ class DDIMInverseScheduler(DDIMSchedulerBase):
         """
         schedule = self._require_schedule()
         _check_pair("model_output", model_output, "sample", sample)
+        if isinstance(timestep, torch.Tensor) and not is_compiling():
+            known = schedule.host_timestep(timestep)  # an element of timesteps: its value is known
+            timestep = timestep if known is None else known
         t = self._timestep_arg(timestep, sample, "timestep")
-        if isinstance(t, torch.Tensor) and not is_compiling():
-            known = schedule.host_timestep(t)
-            t = t if known is None else known
         coefficients: StepCoefficients
         if isinstance(t, int) and takes_host_weights(model_output, sample):
             coefficients = schedule.row(schedule.target(t), t, 0.0)

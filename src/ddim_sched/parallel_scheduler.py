@@ -17,7 +17,7 @@ from typing import ClassVar
 import torch
 
 from ._diffusers import SchedulerMixin  # noqa: F401  (diffusers' pipeline loader looks for it beside the class)
-from .arguments import eta_values
+from .arguments import eta_values, is_compiling
 from .base import _check_pair
 from .output import DDIMSchedulerOutput
 from .scheduler import DDIMScheduler
@@ -61,7 +61,9 @@ class DDIMParallelScheduler(DDIMScheduler):
         schedule = self._require_schedule()
         _check_pair("model_output", model_output, "sample", sample)
         eta = eta_values(eta, tuple(sample.shape), sample.device)
-        t = self._timestep_arg(timesteps, sample, "timesteps")
+        recognisable = isinstance(timesteps, torch.Tensor) and not is_compiling()
+        known = schedule.host_timestep(timesteps) if recognisable else None
+        t = self._timestep_arg(timesteps if known is None else known, sample, "timesteps")
         coefficients = self._coefficients(schedule, t, None, eta, model_output, sample)
         prev_sample, _ = self._run_step(model_output, sample, coefficients, eta, self._clip, use_clipped_model_output)
         return prev_sample

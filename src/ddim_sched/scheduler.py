@@ -104,11 +104,7 @@ class DDIMScheduler(DDIMSchedulerBase):
         directly; else the same row as tensors, copied to the device once per schedule), tensors per sample
         or per element otherwise.
 
-        A device timestep that is an element of ``timesteps`` (as ``for t in scheduler.timesteps`` yields)
-        counts as a host timestep: its value is known without reading the device."""
-        if isinstance(t, torch.Tensor) and not is_compiling():
-            known = schedule.host_timestep(t)
-            t = t if known is None else known
+        ``t`` is the normalised timestep argument (an element of ``timesteps`` already replaced by its value)."""
         target: Any = None
         if prev_timestep is not None:
             target = self._timestep_arg(prev_timestep, sample, "prev_timestep", allow_negative=True)
@@ -209,6 +205,10 @@ class DDIMScheduler(DDIMSchedulerBase):
         if out is not None:
             _check_out(out, sample)
         eta = eta_values(eta, tuple(sample.shape), sample.device)
+        if isinstance(timestep, torch.Tensor) and not is_compiling():
+            # An element of this schedule's timesteps (a pipeline's loop variable): its value is known.
+            known = schedule.host_timestep(timestep)
+            timestep = timestep if known is None else known
         coefficients: StepCoefficients
         if (  # the common case: one host timestep with ᾱ > 0, a float η
             type(timestep) is int and prev_timestep is None and isinstance(eta, float)

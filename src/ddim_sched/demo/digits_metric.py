@@ -116,8 +116,8 @@ class FeatureFID:
         set on those rows, so sets whose rows correspond (samples from the same x_T) stay paired. For
         a statistic of n rows, the spread over halves of one sample (finite-population variance of
         the half, about half the variance at n/2) approximates its sampling spread at n; checked
-        against independent x_T draws on the demo's model, it came out about 1.3× wider per cell and
-        1.1× for differences of cells, so it errs on the side of calling fewer differences. The
+        against 12 independent x_T draws on the demo's network, it came out 1.1–1.6× wider per cell
+        and 1.1× for a difference of cells, so it errs on the side of calling fewer differences. The
         reference is fixed: every FID of the demo is measured against the same held-out digits.
 
         Args:

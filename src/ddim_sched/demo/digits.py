@@ -7,7 +7,7 @@ public API and returns a :class:`DigitsResult`; :func:`format_digits` turns it i
 ``ddim-sched demo`` prints. The pieces are importable on their own::
 
     data = load_digits_data(seed=0)
-    model = train_eps_model(data, steps=3000, seed=0)            # model(x, t) -> eps-hat
+    model = train_eps_model(data, steps=2500, seed=0)            # model(x, t) -> eps-hat
     metric = FeatureFID(train_classifier(data, seed=1), data.held_out)
     table = quality_table(model, metric, steps=[10, 100], etas=[0.0, 1.0], n=300, seed=3)
 
@@ -154,7 +154,7 @@ FULL = DigitsSizes(
     points=9,
     interpolation_steps=100,
 )
-"""The full demo (about two minutes of CPU on two cores)."""
+"""The full demo: about 90 s on a busy two-core CPU, 60 s of it training (docs/demo.md)."""
 
 QUICK = DigitsSizes(
     held_out=500,
@@ -173,7 +173,7 @@ QUICK = DigitsSizes(
     points=7,
     interpolation_steps=20,
 )
-"""``--quick``: a shorter training and fewer cells (about half a minute)."""
+"""``--quick``: a shorter training and fewer cells, about 25 s on a busy two-core CPU."""
 
 
 @dataclass
@@ -191,7 +191,7 @@ class DigitsResult:
         worse_samples: Those image sets.
         spread: Paired split-half FIDs of every set above (labels: (η, S) cells and worse labels).
         roundtrip: (k, S) → encode/decode MSE per pixel on the [0, 1] scale.
-        roundtrip_scale: MSE between two different held-out digits, for scale.
+        roundtrip_scale: MSE between held-out digits paired at random, for scale.
         interpolation: The slerp paths; path_labels: classifier label per decoded point [P][K].
         slerp_confidence, crossfade_confidence: The classifier's mean confidence on the interior
             points of the decoded slerp paths and of the pixel crossfades.

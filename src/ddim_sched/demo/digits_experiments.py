@@ -9,16 +9,17 @@ show the metric can tell.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
 
-from ..guidance import slerp
-from ..sampling import ModelFn, invert, sample
-from ..scheduler import DDIMScheduler
+from .. import DDIMScheduler, invert, sample, slerp
 from .digits_metric import FeatureFID
 from .digits_train import PIXELS, DigitClassifier, DigitsData, Progress, _report, demo_scheduler
+
+ModelFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+"""``model(x, t)`` → ε̂, as ``ddim_sched.sample`` calls it."""
 
 Cell = tuple[float, int]
 """(η, S): one cell of the quality table."""

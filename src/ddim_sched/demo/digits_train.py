@@ -5,10 +5,10 @@ Data: scikit-learn's bundled 8×8 handwritten digits (1797 images, 17 grey level
 scaled to [−1, 1] as x/8 − 1 and split once, by a seeded permutation, into a training set and a
 held-out set.
 
-Determinism: every random draw (weight initialisation, minibatches, timesteps, noise) comes from the
-seed, and training sets the CPU thread count itself, so the same seed, arguments and thread count on
-the same machine give bit-identical weights. Other CPUs may round differently; nothing here claims
-bit-equality across machines.
+Determinism: every random draw (weight initialisation, minibatches, timesteps, noise, dequantization)
+comes from the seed, and training sets the CPU thread count itself, so the same seed, arguments and
+thread count on the same machine give bit-identical weights. Other CPUs may round differently;
+nothing here claims bit-equality across machines.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..scheduler import DDIMScheduler
+from .. import DDIMScheduler
 
 ModuleT = TypeVar("ModuleT", bound=nn.Module)
 Progress = Callable[[int, int], None]
@@ -40,8 +40,10 @@ CLASSES = 10
 @contextlib.contextmanager
 def cpu_threads(count: int) -> Iterator[None]:
     """Run the block with ``count`` intra-op CPU threads, restoring the previous setting."""
-    if isinstance(count, bool) or not isinstance(count, int) or count < 1:
-        raise ValueError(f"threads must be a positive int; got {count!r}")
+    if isinstance(count, bool) or not isinstance(count, int):
+        raise TypeError(f"threads must be an int; got {count!r}")
+    if count < 1:
+        raise ValueError(f"threads must be >= 1; got {count}")
     previous = torch.get_num_threads()
     torch.set_num_threads(count)
     try:

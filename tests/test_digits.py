@@ -231,13 +231,17 @@ def test_verdicts_call_only_differences_beyond_the_spread(tiny_run):
     assert marked == len(inside)
 
 
-def test_figures_are_skipped_with_a_message_without_matplotlib(monkeypatch, trained, data, tmp_path):
-    model, metric = trained
-    table = quality_table(model, metric, steps=(2,), etas=(0.0,), n=4, seed=0)
+def test_figures_are_skipped_with_a_message_without_matplotlib(monkeypatch, tiny_run, tmp_path):
+    result, _ = tiny_run
     monkeypatch.setitem(sys.modules, "matplotlib", None)
     monkeypatch.setitem(sys.modules, "matplotlib.figure", None)
-    assert digits.draw_sample_grid(tmp_path / "x.png", table, data.held_out) is False
-    assert not (tmp_path / "x.png").exists()
+    assert digits.draw_sample_grid(tmp_path / "x.png", result.quality, result.data.held_out) is False
+    assert digits.draw_interpolation(tmp_path / "y.png", result.interpolation) is False
+    unplotted = dataclasses.replace(result, figures={}, figure_note=None)
+    digits._draw(unplotted, tmp_path)
+    assert list(tmp_path.iterdir()) == [] and unplotted.figures == {}
+    assert 'pip install "ddim_sched[demo]"' in unplotted.figure_note
+    assert unplotted.figure_note in format_digits(unplotted)
 
 
 def test_mosaic_tiles_in_row_major_order():

@@ -83,9 +83,17 @@ def test_demo_quick_end_to_end(capsys, tmp_path, monkeypatch):
     for fid in ("13.36", "41.07", "4.04"):  # the paper's Table 1 beside the measurements
         assert fid in out
     assert "Noise floor" in out and "(c) Encode -> decode round trip" in out and "1.40e-02" in out
-    assert out.count("    wall time: ") == 3
-    # The progress bar goes to stderr, not stdout.
+    assert out.count("\n    wall time: ") == 3
+    # (d), the learned model: its tables, and its two PNGs beside the mixture figure.
+    assert "(d) A learned model: scikit-learn's 8x8 handwritten digits" in out and "(d3) Interpolation" in out
+    assert out.count("\n     wall time: train eps-model") == 1
+    if HAVE_MATPLOTLIB:
+        assert "figures: ddim-sched-digits-samples.png, ddim-sched-digits-interpolation.png" in out
+        assert_png(tmp_path / "ddim-sched-digits-samples.png")
+        assert_png(tmp_path / "ddim-sched-digits-interpolation.png")
+    # The progress bars go to stderr, not stdout.
     assert "(a) exact Gaussian" in err and "4720/4720" in err and "[####" not in out
+    assert "(d) digits: train eps-model" in err
 
 
 def test_demo_out_is_a_png_path_or_a_directory(capsys, tmp_path, monkeypatch):
@@ -113,7 +121,8 @@ def test_demo_without_matplotlib_still_prints_the_tables(capsys, tmp_path, monke
     assert code == 0, err
     assert "figure skipped: matplotlib is not installed" in out and "ddim_sched[demo]" in out
     assert "eta=0 < 0.2 < 0.5 < 1 at every S: yes" in out
-    assert not (tmp_path / "b.png").exists()
+    assert "figures skipped: matplotlib is not installed" in out  # the digits section's note
+    assert not (tmp_path / "b.png").exists() and not list(tmp_path.glob("*.png"))
     assert err == ""  # --no-progress
 
 

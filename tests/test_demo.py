@@ -176,6 +176,22 @@ def test_run_selected_sections_in_order(monkeypatch):
     assert result.settings == DemoSettings(quick=True)
 
 
+def test_digits_section_is_skipped_with_a_hint_without_scikit_learn(monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_sklearn(name, *args, **kwargs):
+        if name == "sklearn" or name.startswith("sklearn."):
+            raise ImportError(f"No module named {name!r}")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_sklearn)
+    result = demo.run(quick=True, sections=["digits"])
+    text = result.sections["digits"].format()
+    assert text.startswith("(d) A learned model: skipped.") and 'pip install "ddim_sched[demo]"' in text
+
+
 def test_run_rejects_unknown_sections_and_dtypes():
     with pytest.raises(ValueError, match="'gaussian', 'mixture', 'roundtrip'"):
         demo.run(sections=["digits?"])

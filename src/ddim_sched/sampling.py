@@ -125,7 +125,8 @@ class InversionReport:
         median_residuals: Per step, the median of the same over the batch.
         iterations: Per step, the fixed-point iterations taken (fewer than asked when ``tol`` was met).
         diverged: Per step, whether the iteration moved some sample further from a solution (its residual
-            grew from the first iterate to the last).
+            grew from the first iterate to the last, to above 64 ε of the dtype; that sample then keeps its
+            best iterate).
         tol: The tolerance asked for, or None.
     """
 
@@ -152,25 +153,41 @@ def _invert_step(
     forward: Callable[[torch.Tensor], torch.Tensor], x_next: torch.Tensor, inverse_slope: float, k: int,
     tol: float | None, report: bool,
 ) -> tuple[torch.Tensor, torch.Tensor | None, int, bool]:
-    """Solve forward(x) = x_next for x by k fixed-point iterations from x = x_next (samples meeting ``tol``
-    stop moving): (x, per-sample residual at x or None, iterations taken, diverged)."""
-    x, iterations = x_next, 0
-    residual: torch.Tensor | None = None
-    first: torch.Tensor | None = None
-    for iteration in range(k + 1):
+    """Solve forward(x) = x_next for x: (x, per-sample residual at x or None, iterations taken, diverged).
+
+    x_1 = G(x_next) is classic DDIM inversion (G the fixed-point map). k >= 1 iterates G up to k more times
+    (samples meeting ``tol`` stop moving), measures every iterate x_1 … x_{k+1} and returns, per sample, the
+    one with the smallest residual: never further from a solution than k = 0, even where G diverges.
+    """
+
+    def per_sample(flags: torch.Tensor) -> torch.Tensor:
+        return flags.reshape((-1,) + (1,) * (x_next.dim() - 1))
+
+    landed = forward(x_next)
+    residual = _relative_residual(landed, x_next)
+    if tol is not None and not bool((residual > tol).any()):
+        return x_next, residual, 0, False  # the step is (numerically) the identity here
+    x = x_next + (x_next - landed) * inverse_slope  # x_1
+    if k == 0:
+        return x, _relative_residual(forward(x), x_next) if report or tol is not None else None, 0, False
+    best_x, best, first = x, residual, residual
+    iterations = 0
+    for iteration in range(1, k + 2):
         landed = forward(x)
         residual = _relative_residual(landed, x_next)
-        first = residual if first is None else first
+        if iteration == 1:
+            best_x, best, first = x, residual, residual
+        else:
+            best_x = torch.where(per_sample(residual < best), x, best_x)
+            best = torch.minimum(residual, best)
         moving = residual > tol if tol is not None else torch.ones_like(residual, dtype=torch.bool)
-        if not bool(moving.any()):
-            return x, residual, iterations, False
-        mask = moving.reshape((-1,) + (1,) * (x.dim() - 1))
-        x = torch.where(mask, x + (x_next - landed) * inverse_slope, x)  # G(x), the fixed-point map
-        iterations = iteration + 1 if iteration < k else iterations
-    diverged = k > 0 and residual is not None and first is not None and bool((residual > first).any())
-    if report or tol is not None:
-        residual = _relative_residual(forward(x), x_next)  # at the returned point: one more model call
-    return x, residual, iterations, diverged
+        if iteration == k + 1 or not bool(moving.any()):
+            break
+        x = torch.where(per_sample(moving), x + (x_next - landed) * inverse_slope, x)
+        iterations = iteration
+    # Diverged: some sample's residual grew, and beyond rounding (float32 iterates wobble near 1e-7).
+    rounding = 64 * torch.finfo(x_next.dtype).eps
+    return best_x, best, iterations, bool(((residual > first) & (residual > rounding)).any())
 
 
 @overload
@@ -230,13 +247,16 @@ def invert(
         fixed_point_iterations: k >= 0. k = 0 is classic DDIM inversion (one model call per step,
             evaluated at the known, less noisy point). k >= 1 adds up to k fixed-point iterations per
             step, each evaluating ``model_fn`` at the new point, so that the forward step from the new
-            point lands back on the current one.
+            point lands back on the current one; every iterate's residual is measured (at most k + 2
+            model calls per step) and each sample keeps its best iterate, so k >= 1 never ends a step
+            further from a solution than k = 0, even where the iteration diverges.
         tol: Stop iterating a sample once its relative residual ‖F(x) − x_next‖/‖x_next‖ is at most
             ``tol`` (checked at each iterate; then one more model call per step measures the returned
             point). A step that ends above ``tol`` is logged as a warning on the ``ddim_sched`` logger.
         callback: Optional ``callback(i, t, x)`` after each inverse step i = 0..S−1, where x is the new
             latent at timestep t (a 0-d int64 tensor); the last call has t = ``scheduler.timesteps[0]``.
-        return_report: Also return an :class:`InversionReport` (residuals cost one more model call per step).
+        return_report: Also return an :class:`InversionReport` (for k = 0 the residuals cost one more
+            model call per step; for k >= 1 they are measured anyway).
 
     Returns:
         The latent at ``scheduler.timesteps[0]`` (x0's shape, dtype and device), or ``(latent, report)``.
@@ -252,7 +272,7 @@ def invert(
         With ``clip_sample`` or ``thresholding`` on, the forward step is exactly invertible only where
         the clamp is inactive; the iteration is the same, its fixed point exists only there. Where the
         iteration diverges for some samples (a model whose ε̂ changes faster than the step contracts),
-        a warning names the step and the residuals.
+        those samples keep their best iterate and a warning names the step and the residuals.
     """
     _check_loop_arguments(model_fn, x0, "x0", scheduler, callback)
     k = check_int("fixed_point_iterations", fixed_point_iterations, 0)
@@ -277,7 +297,8 @@ def invert(
             if diverged or (tol is not None and worst > tol):
                 logger.warning(
                     "invert: at timestep %d the fixed-point iteration %s: relative residual max %.3g, median %.3g%s",
-                    int(t), "diverged for some samples" if diverged else "did not reach tol", worst, median,
+                    int(t), "diverged for some samples (each keeps its best iterate)" if diverged
+                    else "did not reach tol", worst, median,
                     "" if tol is None else f" (tol {tol:g})",
                 )
             steps.append(int(t))

@@ -7,7 +7,9 @@ whose optimal denoiser is known exactly (:mod:`ddim_sched.toy`), through this li
 * (a) :mod:`~ddim_sched.demo.gaussian`: exact W2 of DDIM's output law on Gaussian data, and of the flow
   scheduler's on the rectified-flow path (:mod:`~ddim_sched.demo.flow`);
 * (b) :mod:`~ddim_sched.demo.mixture`: a 2-D mixture, Monte-Carlo sliced W2 and its noise floor;
-* (c) :mod:`~ddim_sched.demo.roundtrip`: encode → decode round trips.
+* (c) :mod:`~ddim_sched.demo.roundtrip`: encode → decode round trips;
+* (d) :mod:`~ddim_sched.demo.digits`: the paper's three experiments on a small network trained, inside
+  the demo, on scikit-learn's 8×8 handwritten digits (needs the ``demo`` extra), with PNG figures.
 
 ::
 
@@ -23,7 +25,7 @@ whose optimal denoiser is known exactly (:mod:`ddim_sched.toy`), through this li
 ``run(settings)`` plus one entry in :data:`~ddim_sched.demo.runner.SECTIONS`.
 """
 
-from . import figures, flow, gaussian, mixture, paper, roundtrip, schedule
+from . import digits, figures, flow, gaussian, mixture, paper, roundtrip, schedule
 from .common import DemoSettings
 from .runner import SECTIONS, DemoResult, format_header, run
 
@@ -31,6 +33,7 @@ __all__ = [
     "SECTIONS",
     "DemoResult",
     "DemoSettings",
+    "digits",
     "figures",
     "flow",
     "format_header",

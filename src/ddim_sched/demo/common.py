@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 
@@ -24,6 +26,7 @@ class DemoSettings:
         device: Where the samplers run.
         dtype: The samples' dtype (float32 or float64).
         progress: Draw progress bars on stderr.
+        figure_dir: Where sections that draw their own figures (the digits) write them; None: no figures.
     """
 
     quick: bool = False
@@ -31,6 +34,26 @@ class DemoSettings:
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     dtype: torch.dtype = torch.float32
     progress: bool = False
+    figure_dir: Path | None = None
+
+
+DEMO_EXTRA = 'pip install "ddim_sched[demo]"'
+"""How to install what the demo's optional parts need (matplotlib, scikit-learn)."""
+
+
+@contextlib.contextmanager
+def cpu_threads(count: int) -> Iterator[None]:
+    """Run the block with ``count`` intra-op CPU threads, restoring the previous setting."""
+    if isinstance(count, bool) or not isinstance(count, int):
+        raise TypeError(f"threads must be an int; got {count!r}")
+    if count < 1:
+        raise ValueError(f"threads must be >= 1; got {count}")
+    previous = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 def demo_config() -> DDIMConfig:

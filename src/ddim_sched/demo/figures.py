@@ -12,10 +12,10 @@ from typing import Any
 import torch
 
 from ..scheduler import DDIMScheduler
-from .common import ring_mixture
+from .common import DEMO_EXTRA, ring_mixture
 from .mixture import MixtureResult
 
-DEMO_EXTRA_HINT = 'pip install "ddim_sched[demo]"  (or: pip install matplotlib)'
+DEMO_EXTRA_HINT = f"{DEMO_EXTRA}  (or: pip install matplotlib)"
 FLOOR_COLOUR = "tab:green"
 SAMPLES_SHOWN = 1000
 

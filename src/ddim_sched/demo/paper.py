@@ -15,3 +15,9 @@ PAPER_TABLE1_FID: dict[float, tuple[float, ...]] = {
 PAPER_TABLE2_MSE: dict[int, float] = {
     10: 0.014, 20: 0.0065, 50: 0.0023, 100: 0.0009, 200: 0.0004, 500: 0.0001, 1000: 0.0001,
 }
+
+
+def paper_fid(eta: float, steps: int) -> float | None:
+    """Table 1's FID for (η, S), or None where the paper has no such cell."""
+    row = PAPER_TABLE1_FID.get(float(eta))
+    return row[PAPER_STEPS.index(steps)] if row is not None and steps in PAPER_STEPS else None

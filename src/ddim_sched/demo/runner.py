@@ -7,17 +7,17 @@ entry in :data:`SECTIONS`.
 
 from __future__ import annotations
 
-import contextlib
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
 import torch
 
 from .. import __version__
-from . import gaussian, mixture, roundtrip
-from .common import DemoSettings, demo_config
+from . import digits, gaussian, mixture, roundtrip
+from .common import DemoSettings, cpu_threads, demo_config
 
 
 class SectionResult(Protocol):
@@ -36,6 +36,7 @@ SECTIONS: dict[str, Callable[[DemoSettings], Any]] = {
     "gaussian": gaussian.run,
     "mixture": mixture.run,
     "roundtrip": roundtrip.run,
+    "digits": digits.run,
 }
 
 
@@ -64,23 +65,13 @@ def format_header(settings: DemoSettings) -> str:
     config = demo_config()
     dtype = str(settings.dtype).removeprefix("torch.")
     return (
-        f"ddim-sched demo {__version__}: DDIM (Song, Meng & Ermon 2020) on models with exact answers\n"
+        f"ddim-sched demo {__version__}: DDIM (Song, Meng & Ermon 2020) on models with exact answers "
+        "and on a learned digits model\n"
         f"scheduler: ddim_sched.DDIMScheduler, {config.beta_schedule} betas "
         f"{config.beta_start:g}..{config.beta_end:g}, "
         f"T={config.num_train_timesteps}, {config.timestep_spacing} spacing, clip_sample=False; "
         f"device={settings.device}, dtype={dtype}, seed={settings.seed}"
     )
-
-
-@contextlib.contextmanager
-def _threads(count: int) -> Iterator[None]:
-    """Run the block with ``count`` intra-op CPU threads, restoring the previous setting."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(count)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
 
 
 def run(
@@ -91,6 +82,7 @@ def run(
     progress: bool = False,
     sections: Sequence[str] | None = None,
     on_section: Callable[[Any], None] | None = None,
+    figure_dir: str | Path | None = None,
 ) -> DemoResult:
     """Run the demo's sections and return their results (``print(result.format())`` for the report).
 
@@ -102,6 +94,7 @@ def run(
         progress: Draw progress bars on stderr.
         sections: Names in :data:`SECTIONS` to run, in that order; None: all.
         on_section: Called with each section's result as soon as it is done.
+        figure_dir: Where the digits section writes its PNGs (None: it draws none).
 
     Returns:
         A :class:`DemoResult`.
@@ -115,12 +108,14 @@ def run(
         raise ValueError(f"sections must be names in {', '.join(map(repr, SECTIONS))}; got {unknown!r}")
     if dtype not in (torch.float32, torch.float64):
         raise ValueError(f"dtype must be torch.float32 or torch.float64; got {dtype!r}")
-    settings = DemoSettings(quick, seed, torch.device(device), dtype, progress)
+    settings = DemoSettings(
+        quick, seed, torch.device(device), dtype, progress, None if figure_dir is None else Path(figure_dir)
+    )
     result = DemoResult(settings)
     start = time.perf_counter()
     # The demo's tensors are small (at most a few thousand values per step): one CPU thread avoids the
     # per-op thread hand-off, which dominated (several times slower) on a 2-core machine.
-    with _threads(1):
+    with cpu_threads(1):
         for name in names:
             section = SECTIONS[name](settings)
             result.sections[name] = section

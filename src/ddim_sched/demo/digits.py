@@ -1,0 +1,414 @@
+"""DDIM's headline results on a learned model: a small network trained, inside the demo, on
+scikit-learn's bundled 8×8 handwritten digits (no download; needs ``pip install "ddim_sched[demo]"``).
+
+One entry point, :func:`run_digits`, trains the ε-model and the feature classifier (seeded,
+deterministic on one machine), then measures the DDIM paper's three experiments through the library's
+public API and returns a :class:`DigitsResult`; :func:`format_digits` turns it into the text
+``ddim-sched demo`` prints. The pieces are importable on their own::
+
+    data = load_digits_data(seed=0)
+    model = train_eps_model(data, steps=2500, seed=0)            # model(x, t) -> eps-hat
+    metric = FeatureFID(train_classifier(data, seed=1), data.held_out)
+    table = quality_table(model, metric, steps=[10, 100], etas=[0.0, 1.0], n=300, seed=3)
+
+Modules: :mod:`.digits_train` (data, networks, training), :mod:`.digits_metric` (the FID),
+:mod:`.digits_experiments` (the experiments), :mod:`.digits_figures` (PNGs), :mod:`.digits_report`
+(the text).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .common import DEMO_EXTRA, DemoSettings, cpu_threads, demo_scheduler
+from .digits_experiments import (
+    WORSE_SAMPLER_STEPS,
+    Interpolation,
+    QualityTable,
+    consistency,
+    interpolation,
+    pick_pairs,
+    predicted_labels,
+    quality_table,
+    roundtrip_table,
+    to_unit_mse,
+    worse_samplers,
+)
+from .digits_figures import draw_interpolation, draw_sample_grid, mosaic
+from .digits_metric import FeatureFID, Spread, frechet_distance, gaussian_fit
+from .digits_report import format_digits
+from .digits_train import (
+    DigitClassifier,
+    DigitsData,
+    EpsMLP,
+    Progress,
+    TrainedModel,
+    accuracy,
+    load_digits_data,
+    train_classifier,
+    train_eps_model,
+)
+from .progress import Progress as ProgressBar
+
+__all__ = [
+    "FULL",
+    "QUICK",
+    "DigitClassifier",
+    "DigitsData",
+    "DigitsResult",
+    "DigitsSizes",
+    "EpsMLP",
+    "FeatureFID",
+    "Interpolation",
+    "QualityTable",
+    "SkippedDigits",
+    "Spread",
+    "TrainedModel",
+    "accuracy",
+    "consistency",
+    "demo_scheduler",
+    "draw_interpolation",
+    "draw_sample_grid",
+    "format_digits",
+    "frechet_distance",
+    "gaussian_fit",
+    "interpolation",
+    "load_digits_data",
+    "mosaic",
+    "pick_pairs",
+    "predicted_labels",
+    "quality_table",
+    "roundtrip_table",
+    "run",
+    "run_digits",
+    "train_classifier",
+    "train_eps_model",
+    "worse_samplers",
+]
+
+ProgressFactory = Callable[[str, int], Progress]
+"""``factory(label, total)`` → a ``progress(done, total)`` callback for one phase of the run."""
+
+FIGURE_PREFIX = "ddim-sched-digits"
+
+
+@dataclass(frozen=True)
+class DigitsSizes:
+    """How much work :func:`run_digits` does (see :data:`FULL` and :data:`QUICK`).
+
+    Attributes:
+        held_out: Images held out of the 1797 (the FID reference and the round-trip/interpolation digits).
+        train_steps, width: ε-model training steps and hidden width.
+        classifier_steps: Feature-classifier training steps.
+        samples: Samples per quality cell (also the floor's subset size).
+        steps, etas: The quality table's S columns and η rows.
+        floor_draws: Real-vs-real draws for the FID floor.
+        halves: Random halves for the split-half spread of every FID.
+        roundtrip_images: Held-out digits encoded and decoded.
+        roundtrip_steps, roundtrip_iterations: S and k of the round-trip table.
+        pairs: (class, class) of each interpolation path; points: α values per path.
+        interpolation_steps, interpolation_iterations: S and k of the interpolation's encoding (and S of
+            its decoding).
+        per_cell: Samples drawn per panel of the sample grid.
+    """
+
+    held_out: int
+    train_steps: int
+    width: int
+    classifier_steps: int
+    samples: int
+    steps: tuple[int, ...]
+    etas: tuple[float, ...]
+    floor_draws: int
+    halves: int
+    roundtrip_images: int
+    roundtrip_steps: tuple[int, ...]
+    roundtrip_iterations: tuple[int, ...]
+    pairs: tuple[tuple[int, int], ...]
+    points: int
+    interpolation_steps: int
+    interpolation_iterations: int = 0
+    per_cell: int = 16
+
+
+FULL = DigitsSizes(
+    held_out=500,
+    train_steps=10000,
+    width=256,
+    classifier_steps=2000,
+    samples=500,
+    steps=(10, 20, 50, 100, 1000),
+    etas=(0.0, 0.2, 0.5, 1.0),
+    floor_draws=20,
+    halves=100,
+    roundtrip_images=100,
+    roundtrip_steps=(10, 20, 50, 100, 200, 500, 1000),
+    roundtrip_iterations=(0, 2),
+    pairs=((0, 6), (1, 7), (3, 8), (4, 9)),
+    points=9,
+    interpolation_steps=100,
+)
+"""The full demo: about 90 s on a busy two-core CPU, 60 s of it training (docs/demo.md)."""
+
+QUICK = DigitsSizes(
+    held_out=500,
+    train_steps=2500,
+    width=256,
+    classifier_steps=1000,
+    samples=300,
+    steps=(10, 100),
+    etas=(0.0, 1.0),
+    floor_draws=10,
+    halves=50,
+    roundtrip_images=50,
+    roundtrip_steps=(10, 50),
+    roundtrip_iterations=(0, 2),
+    pairs=((0, 6), (3, 8)),
+    points=7,
+    interpolation_steps=20,
+)
+"""``--quick``: a shorter training and fewer cells, about 25 s on a busy two-core CPU."""
+
+
+@dataclass
+class DigitsResult:
+    """Everything :func:`run_digits` measured; :func:`format_digits` prints it.
+
+    Attributes:
+        sizes, seed, threads: How it ran.
+        data: The digits and their split.
+        model: The trained ε-model (callable as ``model(x, t)``).
+        classifier, classifier_accuracy: The feature classifier and its held-out accuracy.
+        floor: FID of real training digits against the held-out reference, one per draw.
+        quality: The (η, S) table with samples.
+        worse_fid: FID of each image set that should score worse (label → FID).
+        worse_samples: Those image sets.
+        spread: Paired split-half FIDs of every set above (labels: (η, S) cells and worse labels).
+        roundtrip: (k, S) → encode/decode MSE per pixel on the [0, 1] scale.
+        roundtrip_scale: MSE between held-out digits paired at random, for scale.
+        interpolation: The slerp paths; path_labels: classifier label per decoded point [P][K].
+        slerp_confidence, crossfade_confidence: The classifier's mean confidence on the interior
+            points of the decoded slerp paths and of the pixel crossfades.
+        figures: Name → path of each PNG written; figure_note: why figures were not drawn, if not.
+        seconds: Wall time per phase and "total".
+    """
+
+    sizes: DigitsSizes
+    seed: int
+    threads: int
+    data: DigitsData
+    model: TrainedModel
+    classifier: DigitClassifier
+    classifier_accuracy: float
+    floor: np.ndarray
+    quality: QualityTable
+    worse_fid: dict[str, float]
+    worse_samples: dict[str, torch.Tensor]
+    spread: Spread
+    roundtrip: dict[tuple[int, int], float]
+    roundtrip_scale: float
+    interpolation: Interpolation
+    path_labels: list[list[int]]
+    slerp_confidence: float
+    crossfade_confidence: float
+    figures: dict[str, Path] = dataclasses.field(default_factory=dict)
+    figure_note: str | None = None
+    seconds: dict[str, float] = dataclasses.field(default_factory=dict)
+
+    name = "digits"
+
+    @property
+    def wall_time(self) -> float:
+        """Seconds for the whole run (training included)."""
+        return self.seconds.get("total", 0.0)
+
+    def format(self) -> str:
+        """The text ``ddim-sched demo`` prints (:func:`format_digits`)."""
+        return format_digits(self)
+
+
+@dataclass(frozen=True)
+class SkippedDigits:
+    """The digits section when scikit-learn is missing: the demo prints why, and how to get it."""
+
+    note: str
+    name: str = "digits"
+    wall_time: float = 0.0
+
+    def format(self) -> str:
+        """One line: the section was skipped and why."""
+        return f"(d) A learned model: skipped. {self.note}"
+
+
+class _Phases:
+    """Makes one progress callback per phase from the runner's factory and times the phases."""
+
+    def __init__(self, factory: ProgressFactory | None) -> None:
+        self.factory = factory
+        self.seconds: dict[str, float] = {}
+        self._start = time.perf_counter()
+
+    def progress(self, label: str, total: int) -> Progress | None:
+        """A callback for the phase about to start (None without a factory)."""
+        return self.factory(f"digits: {label}", max(total, 1)) if self.factory is not None else None
+
+    def lap(self, name: str) -> None:
+        """Record the time since the previous lap under ``name``."""
+        now = time.perf_counter()
+        self.seconds[name] = now - self._start
+        self._start = now
+
+
+def _train(
+    sizes: DigitsSizes, seed: int, threads: int, phases: _Phases
+) -> tuple[DigitsData, TrainedModel, DigitClassifier]:
+    """Load the digits, train the ε-model (seed) and the feature classifier (seed + 1)."""
+    data = load_digits_data(seed, sizes.held_out)
+    progress = phases.progress("train eps-model", sizes.train_steps)
+    model = train_eps_model(data, sizes.train_steps, seed, progress, width=sizes.width, threads=threads)
+    phases.lap("train eps-model")
+    progress = phases.progress("train classifier", sizes.classifier_steps)
+    classifier = train_classifier(data, sizes.classifier_steps, seed + 1, progress, threads=threads)
+    phases.lap("train classifier")
+    return data, model, classifier
+
+
+def _metric_checks(
+    sizes: DigitsSizes, seed: int, data: DigitsData, model: TrainedModel, metric: FeatureFID, phases: _Phases
+) -> tuple[QualityTable, dict[str, torch.Tensor], dict[str, float], Spread]:
+    """The quality table, the samplers that should score worse, and the split-half spread of all their FIDs."""
+    quality = quality_table(
+        model, metric, sizes.steps, sizes.etas, sizes.samples, seed + 3,
+        phases.progress("sampling S x eta", len(sizes.etas) * sum(sizes.steps)),
+    )
+    untrained = train_eps_model(data, 0, seed, width=sizes.width)
+    progress = phases.progress("worse samplers", sum(WORSE_SAMPLER_STEPS))
+    worse = worse_samplers(model, untrained, data, sizes.samples, seed + 3, progress)
+    worse_features = {label: metric.features(images) for label, images in worse.items()}
+    worse_fid = {label: metric.distance(features) for label, features in worse_features.items()}
+    cells = list(quality.features)
+    labels = tuple(cells) + tuple(worse_features)
+    sets = [quality.features[c] for c in cells] + list(worse_features.values())
+    spread = Spread(labels, metric.half_samples(sets, sizes.halves, seed + 5))
+    return quality, worse, worse_fid, spread
+
+
+def _interpolate(
+    sizes: DigitsSizes, data: DigitsData, model: TrainedModel, classifier: DigitClassifier, phases: _Phases
+) -> tuple[Interpolation, list[list[int]], float, float]:
+    """The slerp paths, the classifier's label per point and its confidence on slerp vs crossfade interiors."""
+    start, end = pick_pairs(data, sizes.pairs)
+    k = sizes.interpolation_iterations
+    result = interpolation(
+        model, start, end, sizes.interpolation_steps, sizes.points, k,
+        phases.progress("interpolation", (k + 2) * sizes.interpolation_steps),
+    )
+    labels, confidence = predicted_labels(classifier, result.decoded)
+    _, fade_confidence = predicted_labels(classifier, result.crossfade)
+    inner = slice(1, sizes.points - 1)
+    return result, labels.tolist(), float(confidence[:, inner].mean()), float(fade_confidence[:, inner].mean())
+
+
+def _draw(result: DigitsResult, out_dir: Path) -> None:
+    """Write the two PNGs into ``out_dir`` (or note why not)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    samples_path = out_dir / f"{FIGURE_PREFIX}-samples.png"
+    drawn = draw_sample_grid(
+        samples_path, result.quality, result.data.held_out, result.sizes.per_cell,
+        result.worse_samples, result.worse_fid,
+    )
+    if not drawn:
+        result.figure_note = f"figures skipped: matplotlib is not installed. To draw them: {DEMO_EXTRA}"
+        return
+    interpolation_path = out_dir / f"{FIGURE_PREFIX}-interpolation.png"
+    draw_interpolation(interpolation_path, result.interpolation, result.path_labels)
+    result.figures = {"samples": samples_path, "interpolation": interpolation_path}
+
+
+def run_digits(
+    quick: bool = False,
+    seed: int = 0,
+    out_dir: Path | None = None,
+    progress_factory: ProgressFactory | None = None,
+    *,
+    sizes: DigitsSizes | None = None,
+    threads: int = 1,
+) -> DigitsResult:
+    """Train the digits ε-model and the feature classifier, then run the DDIM paper's three experiments.
+
+    Args:
+        quick: Use :data:`QUICK` instead of :data:`FULL` (ignored when ``sizes`` is given).
+        seed: Seeds the split, both trainings, all sampling and the split halves.
+        out_dir: Directory for ``ddim-sched-digits-samples.png`` and ``ddim-sched-digits-interpolation.png``
+            (created if needed); None draws no figures.
+        progress_factory: Optional ``factory(label, total)`` → ``progress(done, total)``, called once per phase.
+        sizes: Explicit sizes (tests use tiny ones).
+        threads: CPU threads for the whole run (restored afterwards); training results depend on it.
+
+    Returns:
+        A :class:`DigitsResult`.
+
+    Raises:
+        ImportError: scikit-learn is missing (``pip install "ddim_sched[demo]"``).
+    """
+    sizes = sizes if sizes is not None else (QUICK if quick else FULL)
+    phases = _Phases(progress_factory)
+    total_start = time.perf_counter()
+    with cpu_threads(threads):
+        data, model, classifier = _train(sizes, seed, threads, phases)
+        metric = FeatureFID(classifier, data.held_out)
+        floor = metric.real_floor(data.train, sizes.samples, sizes.floor_draws, seed + 2)
+        quality, worse, worse_fid, spread = _metric_checks(sizes, seed, data, model, metric, phases)
+        phases.lap("sample quality")
+        images = data.held_out[: sizes.roundtrip_images]
+        calls = sum((k + 2) * S for k in sizes.roundtrip_iterations for S in sizes.roundtrip_steps)
+        roundtrip = roundtrip_table(
+            model, images, sizes.roundtrip_steps, sizes.roundtrip_iterations, phases.progress("round trips", calls)
+        )
+        phases.lap("round trips")
+        interpolated, path_labels, slerp_conf, fade_conf = _interpolate(sizes, data, model, classifier, phases)
+        phases.lap("interpolation")
+    result = DigitsResult(
+        sizes, seed, threads, data, model, classifier, accuracy(classifier, data.held_out, data.held_out_labels),
+        floor, quality, worse_fid, worse, spread, roundtrip, to_unit_mse(images, images.roll(1, dims=0)),
+        interpolated, path_labels, slerp_conf, fade_conf,
+    )
+    if out_dir is not None:
+        _draw(result, Path(out_dir))
+        phases.lap("figures")
+    result.seconds = {**phases.seconds, "total": time.perf_counter() - total_start}
+    return result
+
+
+def _progress_bars(enabled: bool) -> ProgressFactory:
+    """A :data:`ProgressFactory` drawing one of the demo's stderr bars per phase."""
+
+    def factory(label: str, total: int) -> Progress:
+        bar = ProgressBar(f"(d) {label}", total, enabled)
+
+        def report(done: int, total: int) -> None:
+            bar.update(done - bar.count)
+            if done >= total:
+                bar.close()
+
+        return report
+
+    return factory
+
+
+def run(settings: DemoSettings) -> DigitsResult | SkippedDigits:
+    """The demo runner's section (d): :func:`run_digits` with the run's quick, seed, progress and figure
+    directory, on the CPU in float32 whatever the other sections' device and dtype. Without scikit-learn
+    the section is skipped with a note rather than failing the demo."""
+    try:
+        import sklearn  # noqa: F401
+    except ImportError:
+        return SkippedDigits(f"It needs scikit-learn (its bundled 8x8 digits): {DEMO_EXTRA}")
+    return run_digits(settings.quick, settings.seed, settings.figure_dir, _progress_bars(settings.progress))

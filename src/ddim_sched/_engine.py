@@ -87,24 +87,27 @@ def _constants(like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return value
 
 
-def _combine_host(terms: Sequence[tuple[float, torch.Tensor]], out: torch.Tensor | None = None) -> torch.Tensor:
-    """Σ c·t with float weights over tensors of one dtype and shape (any layout), as a new tensor (the
-    first term's layout) or into ``out``. Large contiguous operands take one fused ``β·a + α·b`` pass."""
-    (c0, t0), rest = terms[0], terms[1:]
-    zero, one = _constants(t0)
-    if rest and t0.numel() >= FUSED_MIN_NUMEL:
-        c1, t1 = rest[0]
-        if t0.is_contiguous() and t1.is_contiguous() and (out is None or out.is_contiguous()):
-            if out is None:
-                out = torch.empty_like(t0)
-            torch.addr(t0.view(-1, 1), t1.view(-1), one, beta=c0, alpha=c1, out=out.view(-1, 1))
-            rest = rest[1:]
-        else:
-            out = torch.add(zero, t0, alpha=c0, out=out)
+def _combine_host(
+    weights: Sequence[float], sources: list[Any], terms: Terms, constants: tuple[torch.Tensor, torch.Tensor],
+    out: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Σ weights[j]·sources[s] over the terms (j, s), with float weights over tensors of one dtype and shape
+    (any layout), as a new tensor (the first term's layout) or into ``out``. Large contiguous operands take
+    one fused ``β·a + α·b`` pass. ``constants``: :func:`_constants` of the tensors."""
+    (j0, s0), rest = terms[0], terms[1:]
+    t0, c0 = sources[s0], weights[j0]
+    zero, one = constants
+    if rest and t0.numel() >= FUSED_MIN_NUMEL and t0.is_contiguous() and sources[rest[0][1]].is_contiguous() and (
+        out is None or out.is_contiguous()
+    ):
+        (j1, s1), rest = rest[0], rest[1:]
+        if out is None:
+            out = torch.empty_like(t0)
+        torch.addr(t0.view(-1, 1), sources[s1].view(-1), one, beta=c0, alpha=weights[j1], out=out.view(-1, 1))
     else:
         out = torch.add(zero, t0, alpha=c0, out=out)
-    for c, t in rest:
-        out.add_(t, alpha=c)
+    for j, s in rest:
+        out.add_(sources[s], alpha=weights[j])
     return out
 
 
@@ -172,12 +175,15 @@ def _host_step(
         sources = [None if v is None else v.to(torch.float32) for v in sources]
     direct = out if out is not None and out.dtype == sources[_X].dtype else None
     x0_terms, prev_terms = terms
-    x0 = _combine_host([(cast(float, weights[j]), sources[s]) for j, s in x0_terms]) if x0_terms else None
-    if x0 is not None:
+    constants = _constants(sources[_X])
+    host: Sequence[float] = weights  # type: ignore[assignment]  # host weights are floats
+    x0 = _combine_host(host, sources, x0_terms, constants) if x0_terms else None
+    if x0 is not None and clip.active:
         clip.apply_(x0)
-    sources = [*sources, x0]
-    ordered = _reads_destination_first(prev_terms, sources, direct)
-    prev = _combine_host([(cast(float, weights[j]), sources[s]) for j, s in ordered], direct)
+    sources.append(x0)
+    if direct is not None:
+        prev_terms = _reads_destination_first(prev_terms, sources, direct)
+    prev = _combine_host(host, sources, prev_terms, constants, direct)
     if prev.dtype != out_dtype:
         prev, x0 = prev.to(out_dtype), None if x0 is None else x0.to(out_dtype)
     if out is not None and prev is not out:

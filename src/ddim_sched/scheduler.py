@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any, ClassVar, Literal, overload
 
 import numpy as np
@@ -204,7 +205,8 @@ class DDIMScheduler(DDIMSchedulerBase):
         _check_pair("model_output", model_output, "sample", sample)
         if out is not None:
             _check_out(out, sample)
-        eta = eta_values(eta, tuple(sample.shape), sample.device)
+        if not (type(eta) is float and 0.0 <= eta < math.inf):  # else already normalised: the common case
+            eta = eta_values(eta, tuple(sample.shape), sample.device)
         if isinstance(timestep, torch.Tensor) and not is_compiling():
             # An element of this schedule's timesteps (a pipeline's loop variable): its value is known.
             known = schedule.host_timestep(timestep)
@@ -212,13 +214,14 @@ class DDIMScheduler(DDIMSchedulerBase):
         coefficients: StepCoefficients
         if (  # the common case: one host timestep with ᾱ > 0, a float η
             type(timestep) is int and prev_timestep is None and isinstance(eta, float)
-            and 0 <= timestep < self._levels.first_zero
+            and 0 <= timestep < self._levels.first_zero and takes_host_weights(model_output, sample)
         ):
             coefficients = schedule.sampling_row(timestep, eta)
         else:
             t = self._timestep_arg(timestep, sample, "timestep")
             coefficients = self._coefficients(schedule, t, prev_timestep, eta, model_output, sample)
-        noise = self._noise(eta, sample, generator, variance_noise)
+        stochastic = type(eta) is not float or eta > 0.0 or variance_noise is not None
+        noise = self._noise(eta, sample, generator, variance_noise) if stochastic else None
         prev_sample, pred_original_sample = self._run_step(
             model_output, sample, coefficients, eta, self._clip, use_clipped_model_output, noise, out
         )

@@ -430,3 +430,27 @@ def test_dummy_model_steps_under_any_timestep_shape():
     x = torch.randn(2, 3, 4)
     t = torch.tensor([901, 101])
     assert scheduler.step(dummy_model(x, t), t, x).prev_sample.shape == x.shape
+
+
+def test_inputs_without_host_weights_reuse_one_device_row_per_schedule(monkeypatch):
+    """Inputs the engine cannot apply host floats to (here a float16 model output with a float32 sample;
+    on an accelerator, half precision) get the step's coefficients as tensors: built once per schedule and
+    timestep, then reused, so a loop makes no host-to-device copy per step (on CUDA each would go through
+    pinned memory, which cost ~100 µs per step when it was made every step)."""
+    import ddim_sched._engine as engine
+
+    scheduler = DDIMScheduler(clip_sample=False)
+    scheduler.set_timesteps(5)
+    sample = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    model_output = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(1)).half()
+    expected = [scheduler.step(model_output.float(), t, sample).prev_sample for t in scheduler.timesteps]
+
+    def per_step_copy(*args, **kwargs):
+        raise AssertionError("host weights were copied to a tensor row inside the step")
+
+    monkeypatch.setattr(engine, "_device_row", per_step_copy)
+    for _ in range(2):  # the second pass reads the rows the first one built
+        for t, want in zip(scheduler.timesteps, expected, strict=True):
+            got = scheduler.step(model_output, t, sample).prev_sample
+            assert got.dtype == torch.float32
+            torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)

@@ -11,7 +11,7 @@ import torch
 
 import ddim_sched
 from ddim_sched import DDIMScheduler, demo
-from ddim_sched.demo import figures, gaussian, mixture, roundtrip, schedule
+from ddim_sched.demo import common, figures, gaussian, mixture, roundtrip, schedule
 from ddim_sched.demo.common import DemoSettings
 from ddim_sched.demo.paper import PAPER_ETAS, PAPER_STEPS
 from ddim_sched.demo.progress import Progress
@@ -38,7 +38,7 @@ def test_step_coefficients_are_eq_12_and_16():
         sigma = eta * math.sqrt((1 - a_p) / (1 - a_t) * (1 - a_t / a_p))
         direction = math.sqrt(1 - a_p - sigma**2)
         expected = (math.sqrt(a_p / a_t), -math.sqrt(a_p) * math.sqrt(1 - a_t) / math.sqrt(a_t) + direction, sigma)
-        got = gaussian.step_coefficients(scheduler, t, eta, CPU, torch.float64)
+        got = common.step_coefficients(scheduler, t, eta, CPU, torch.float64)
         assert got == pytest.approx(expected, rel=1e-12, abs=1e-15)
 
 
@@ -46,8 +46,8 @@ def test_float32_step_coefficients_agree_with_float64():
     scheduler = DDIMScheduler(clip_sample=False)
     scheduler.set_timesteps(20)
     for t in scheduler.timesteps.tolist()[::5]:
-        c32 = gaussian.step_coefficients(scheduler, t, 0.5, CPU, torch.float32)
-        c64 = gaussian.step_coefficients(scheduler, t, 0.5, CPU, torch.float64)
+        c32 = common.step_coefficients(scheduler, t, 0.5, CPU, torch.float32)
+        c64 = common.step_coefficients(scheduler, t, 0.5, CPU, torch.float64)
         assert c32 == pytest.approx(c64, rel=10 * EXACT_RTOL[torch.float32], abs=1e-7)
 
 
@@ -91,7 +91,7 @@ def test_gaussian_w2_is_the_closed_form():
     m1, v1 = torch.tensor([0.0, 1.0]), torch.tensor([1.0, 4.0])
     m2, v2 = torch.tensor([3.0, 1.0]), torch.tensor([1.0, 1.0])
     # W2² = Σ (m1−m2)² + (√v1 − √v2)² = 9 + 1.
-    assert gaussian.gaussian_w2(m1, v1, m2, v2) == pytest.approx(math.sqrt(10.0))
+    assert common.gaussian_w2(m1, v1, m2, v2) == pytest.approx(math.sqrt(10.0))
 
 
 def test_gaussian_trends_and_text_follow_the_table():

@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 
 from ..config import DDIMConfig
+from ..flow_scheduler import FlowMatchDDIMScheduler
 from ..output import DDIMSchedulerOutput
 from ..scheduler import DDIMScheduler
 from ..toy import GaussianMixture
@@ -82,3 +83,33 @@ def loglog_slope(xs: Sequence[float], ys: Sequence[float]) -> float:
 def prev_sample(result: DDIMSchedulerOutput | tuple[torch.Tensor, ...]) -> torch.Tensor:
     """x_prev from what ``DDIMScheduler.step`` returns (an output object, or a tuple with ``return_dict=False``)."""
     return result.prev_sample if isinstance(result, DDIMSchedulerOutput) else result[0]
+
+
+def step_coefficients(
+    scheduler: DDIMScheduler | FlowMatchDDIMScheduler,
+    t: int | torch.Tensor,
+    eta: float | None,
+    device: torch.device,
+    dtype: torch.dtype,
+) -> tuple[float, float, float]:
+    """(P_x, P_m, σ) with x_prev = P_x·x_t + P_m·m + σ·z, read from ``scheduler.step`` by stepping unit inputs
+    (a DDIMScheduler, or a FlowMatchDDIMScheduler with a float timestep; ``eta=None``: the scheduler's own η).
+
+    The scheduler must have clipping and thresholding off (the step is then linear); the three
+    unit vectors (x_t, m, z) = e_1, e_2, e_3 are stepped as one batch of three in ``dtype``.
+    """
+    eye = torch.eye(3, dtype=dtype, device=device)
+    sample, model_output, noise = eye[:, 0:1], eye[:, 1:2], eye[:, 2:3]
+    if eta is None:
+        result = scheduler.step(model_output, t, sample, variance_noise=noise)
+    else:
+        result = scheduler.step(model_output, t, sample, eta=eta, variance_noise=noise)
+    prev = prev_sample(result)
+    p_x, p_m, sigma = prev.reshape(3).to("cpu", torch.float64).tolist()
+    return p_x, p_m, sigma
+
+
+def gaussian_w2(mean_a: torch.Tensor, var_a: torch.Tensor, mean_b: torch.Tensor, var_b: torch.Tensor) -> float:
+    """Exact W2 between N(mean_a, diag(var_a)) and N(mean_b, diag(var_b))."""
+    w2_sq = ((mean_a - mean_b) ** 2).sum() + ((var_a.sqrt() - var_b.sqrt()) ** 2).sum()
+    return float(w2_sq.sqrt())

@@ -8,14 +8,11 @@ deviation; everything else is reported as within the noise.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
 from .common import demo_scheduler
 from .digits_experiments import consistency
+from .digits_result import DigitsResult
 from .paper import PAPER_TABLE2_MSE, paper_fid
-
-if TYPE_CHECKING:
-    from .digits import DigitsResult
 
 Label = tuple[float, int] | str
 """A quality cell (η, S) or the name of a sampler that should score worse."""

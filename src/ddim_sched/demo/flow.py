@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 
 from ..flow_scheduler import FlowMatchDDIMScheduler
-from .common import loglog_slope
+from .common import gaussian_w2, loglog_slope, step_coefficients
 from .progress import Progress
 
 # SD3's scheduler config (FlowMatchEulerDiscreteScheduler with shift 3).
@@ -50,7 +50,6 @@ def flow_output_law(
     Returns:
         (mean, variance), [d] float64 CPU each.
     """
-    from .gaussian import step_coefficients
 
     device = torch.device("cpu") if device is None else device
     mu, c2 = mean.to(torch.float64), std.to(torch.float64) ** 2
@@ -73,7 +72,6 @@ def flow_table(
     dtype: torch.dtype, progress: bool = False,
 ) -> dict[tuple[float, int], float]:  # fmt: skip
     """Exact W2 of the flow scheduler's output to the data N(mean, diag(std²)) for every (η, S)."""
-    from .gaussian import gaussian_w2
 
     bar = Progress("(a) exact Gaussian, flow path ", len(etas) * sum(steps), progress)
     table = {}

@@ -18,38 +18,13 @@ from dataclasses import dataclass
 
 import torch
 
-from ..flow_scheduler import FlowMatchDDIMScheduler
 from ..scheduler import DDIMScheduler
-from .common import DemoSettings, demo_scheduler, loglog_slope, prev_sample
+from .common import DemoSettings, demo_scheduler, gaussian_w2, loglog_slope, step_coefficients
 from .flow import FLOW_ETAS, FLOW_STEPS, FlowGaussianTable, flow_table
 from .paper import PAPER_ETAS, PAPER_STEPS, PAPER_TABLE1_FID
 from .progress import Progress
 
 DIM = 3072  # a CIFAR10 image
-
-
-def step_coefficients(
-    scheduler: DDIMScheduler | FlowMatchDDIMScheduler,
-    t: int | torch.Tensor,
-    eta: float | None,
-    device: torch.device,
-    dtype: torch.dtype,
-) -> tuple[float, float, float]:
-    """(P_x, P_m, σ) with x_prev = P_x·x_t + P_m·m + σ·z, read from ``scheduler.step`` by stepping unit inputs
-    (a DDIMScheduler, or a FlowMatchDDIMScheduler with a float timestep; ``eta=None``: the scheduler's own η).
-
-    The scheduler must have clipping and thresholding off (the step is then linear); the three
-    unit vectors (x_t, m, z) = e_1, e_2, e_3 are stepped as one batch of three in ``dtype``.
-    """
-    eye = torch.eye(3, dtype=dtype, device=device)
-    sample, model_output, noise = eye[:, 0:1], eye[:, 1:2], eye[:, 2:3]
-    if eta is None:
-        result = scheduler.step(model_output, t, sample, variance_noise=noise)
-    else:
-        result = scheduler.step(model_output, t, sample, eta=eta, variance_noise=noise)
-    prev = prev_sample(result)
-    p_x, p_m, sigma = prev.reshape(3).to("cpu", torch.float64).tolist()
-    return p_x, p_m, sigma
 
 
 def gaussian_output_law(
@@ -100,12 +75,6 @@ def gaussian_output_law(
         if on_step is not None:
             on_step()
     return m, v
-
-
-def gaussian_w2(mean_a: torch.Tensor, var_a: torch.Tensor, mean_b: torch.Tensor, var_b: torch.Tensor) -> float:
-    """Exact W2 between N(mean_a, diag(var_a)) and N(mean_b, diag(var_b))."""
-    w2_sq = ((mean_a - mean_b) ** 2).sum() + ((var_a.sqrt() - var_b.sqrt()) ** 2).sum()
-    return float(w2_sq.sqrt())
 
 
 def gaussian_data(dim: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:

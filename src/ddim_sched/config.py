@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -11,6 +10,7 @@ from typing import Any, ClassVar, Literal, get_args
 import numpy as np
 
 from .diffusers_config import COMPATIBLE_KEYS
+from .frozen_config import FrozenConfig
 from .schedules import BETA_SCHEDULES
 from .spacing import SPACINGS
 from .validation import check_choice, check_flag, check_int, check_real
@@ -65,7 +65,7 @@ def _trained_betas(value: Any, num_train_timesteps: int) -> tuple[float, ...]:
 
 
 @dataclass(frozen=True)
-class DDIMConfig:
+class DDIMConfig(FrozenConfig):
     """Configuration of a DDIM scheduler, validated on construction.
 
     The first 15 fields are diffusers' ``DDIMScheduler`` arguments with the same defaults; the last
@@ -159,30 +159,6 @@ class DDIMConfig:
         for name in ("clip_sample_range", "sample_max_value", "snr_shift_scale"):
             put(name, check_real(name, getattr(self, name), 0.0, strict=True))
 
-    def to_dict(self) -> dict[str, Any]:
-        """Return all fields as a JSON-ready dict (trained_betas as a list)."""
-        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
-        if out["trained_betas"] is not None:
-            out["trained_betas"] = list(out["trained_betas"])
-        return out
-
-    def replace(self, **changes: Any) -> DDIMConfig:
-        """Return a copy with ``changes`` applied and validated."""
-        return dataclasses.replace(self, **changes)
-
-    @classmethod
-    def field_names(cls) -> tuple[str, ...]:
-        """Names of all configuration fields."""
-        return tuple(f.name for f in dataclasses.fields(cls))
-
-    @classmethod
-    def defaults(cls) -> dict[str, Any]:
-        """Every field's default value."""
-        cached = _DEFAULTS.get(cls)
-        if cached is None:
-            cached = _DEFAULTS[cls] = cls().to_dict()
-        return dict(cached)
-
     @classmethod
     def from_mapping(cls, mapping: Mapping[str, Any], **overrides: Any) -> DDIMConfig:
         """Build a config from any diffusers-style mapping, ignoring keys that are not fields.
@@ -203,8 +179,3 @@ class DDIMConfig:
                 "DDIMScheduler config: ignoring keys that are not DDIM options: %s", ", ".join(map(str, unknown))
             )
         return cls(**{k: v for k, v in merged.items() if k in known})
-
-
-
-# Each config class's default values, computed on first use.
-_DEFAULTS: dict[type, dict[str, Any]] = {}

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import dataclasses
-import functools
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from .flow_sigmas import SIGMA_SCHEDULES, TIME_SHIFTS
+from .frozen_config import FrozenConfig
 from .validation import check_choice, check_flag, check_int, check_real
 
 # The 14 fields of diffusers' FlowMatchEulerDiscreteScheduler (0.42.1), in its order; ``eta`` is ddim_sched's.
@@ -34,7 +33,7 @@ def _optional_real(name: str, value: Any) -> float | None:
 
 
 @dataclass(frozen=True)
-class FlowMatchDDIMConfig:
+class FlowMatchDDIMConfig(FrozenConfig):
     """Configuration of a flow-matching DDIM scheduler, validated on construction.
 
     The first 14 fields are diffusers' ``FlowMatchEulerDiscreteScheduler`` arguments with the same
@@ -115,26 +114,3 @@ class FlowMatchDDIMConfig:
     def sigma_conversion(self) -> str | None:
         """The respacing option that is on (a key of ``flow_sigmas.SIGMA_SCHEDULES``), or None."""
         return next((name for name in SIGMA_SCHEDULES if getattr(self, name)), None)
-
-    def to_dict(self) -> dict[str, Any]:
-        """Return all fields as a JSON-ready dict."""
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
-
-    def replace(self, **changes: Any) -> FlowMatchDDIMConfig:
-        """Return a copy with ``changes`` applied and validated."""
-        return dataclasses.replace(self, **changes)
-
-    @classmethod
-    def field_names(cls) -> tuple[str, ...]:
-        """Names of all configuration fields."""
-        return tuple(f.name for f in dataclasses.fields(cls))
-
-    @classmethod
-    def defaults(cls) -> dict[str, Any]:
-        """Every field's default value."""
-        return dict(_defaults())
-
-
-@functools.cache
-def _defaults() -> tuple[tuple[str, Any], ...]:
-    return tuple(FlowMatchDDIMConfig().to_dict().items())

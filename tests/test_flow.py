@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 import ddim_sched
-from ddim_sched import FlowMatchDDIMConfig, FlowMatchDDIMScheduler, flow_schedule, update
+from ddim_sched import FlowMatchDDIMConfig, FlowMatchDDIMScheduler, flow_update, update
 from tests.tolerances import EXACT_RTOL, PARITY_RTOL, rel_l2
 
 HYPOTHESIS = dict(deadline=None, derandomize=True, database=None, suppress_health_check=[HealthCheck.too_slow])
@@ -174,7 +174,7 @@ def posterior_std(sigma_t: float, sigma_s: float) -> float:
 def test_exact_velocity_lands_on_the_marginal(sigma_t, sigma_s, eta):
     # With the true x0 and ε, x_s = a_s·x0 + √(b_s² − σ²)·ε + σ·z: mean a_s·x0, variance b_s² for every η,
     # and σ(η = 1) is the DDPM posterior's standard deviation.
-    row = flow_schedule.flow_step_coefficients(sigma_t, sigma_s, eta)
+    row = flow_update.flow_step_coefficients(sigma_t, sigma_s, eta)
     x0, eps = tensors((3, 5), 2, torch.float64, count=2)
     x_t = (1 - sigma_t) * x0 + sigma_t * eps
     u = eps - x0
@@ -194,7 +194,7 @@ def test_step_is_eq12_as_update_writes_it():
     levels = scheduler.noise_levels
     assert levels.dtype == torch.float64 and len(levels) == 11
     for i, t in enumerate(scheduler.timesteps):
-        level_t, level_s = flow_schedule.flow_level(float(levels[i])), flow_schedule.flow_level(float(levels[i + 1]))
+        level_t, level_s = flow_update.flow_level(float(levels[i])), flow_update.flow_level(float(levels[i + 1]))
         for eta in (0.0, 0.5, 1.0):
             expected, x0 = update.ddim_update(m, x, level_t, level_s, eta, "flow_prediction", noise=z)
             host = scheduler.step(m, t, x, eta=eta, variance_noise=z)

@@ -20,7 +20,7 @@ from diffusers import EulerAncestralDiscreteScheduler, EulerDiscreteScheduler
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ddim_sched import DDIMScheduler, flow_schedule, update
+from ddim_sched import DDIMScheduler, flow_update, update
 from tests.tolerances import EXACT_RTOL, rel_l2
 
 HYPOTHESIS = dict(deadline=None, derandomize=True, database=None, suppress_health_check=[HealthCheck.too_slow])
@@ -57,7 +57,7 @@ def test_update_on_the_ve_path_is_the_ancestral_step(step, eta):
 @given(step=steps, eta=st.floats(0.0, 3.0))
 def test_ve_ancestral_step_is_k_diffusions_for_every_eta(step, eta):
     # Beyond η = 1 k-diffusion clamps σ_up at σ_to; so does ddim_sched's helper (and its flow scheduler).
-    got = flow_schedule.ve_ancestral_step(*step, eta)
+    got = flow_update.ve_ancestral_step(*step, eta)
     expected = get_ancestral_step(*step, eta)
     assert got == pytest.approx(expected, rel=1e-10, abs=1e-12 * step[0])
 
@@ -80,7 +80,7 @@ def test_ddim_step_in_ve_coordinates_is_the_ancestral_step(eta, spacing):
         assert rel_l2(prev * math.sqrt(1 + sigma_to**2), expected) <= EXACT_RTOL[torch.float64], i
         # The helper reads DDIM's η-noise in VE units off the same sigmas.
         sigma_ddim = scheduler.coefficients(t, eta).sigma
-        assert flow_schedule.ve_ancestral_step(sigma_from, sigma_to, eta)[1] == pytest.approx(
+        assert flow_update.ve_ancestral_step(sigma_from, sigma_to, eta)[1] == pytest.approx(
             sigma_ddim * math.sqrt(1 + sigma_to**2), rel=1e-10, abs=1e-14
         )
 

@@ -8,7 +8,7 @@
 [801, 601, 401, 201, 1]
 """
 
-from . import flow_schedule, flow_sigmas, kernel, schedules, spacing, testing, toy, update
+from . import flow_schedule, flow_sigmas, flow_update, kernel, schedules, spacing, testing, toy, update
 from ._diffusers import SchedulerMixin as SchedulerMixin  # diffusers' pipeline loader looks for it here
 from .config import DDIMConfig
 from .config_io import ConfigFileNotFoundError
@@ -41,6 +41,7 @@ __all__ = [
     "FlowMatchDDIMConfig",
     "FlowMatchDDIMScheduler",
     "flow_schedule",
+    "flow_update",
     "flow_sigmas",
     "img2img_timesteps",
     "invert",

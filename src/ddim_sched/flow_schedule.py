@@ -1,22 +1,9 @@
-r"""The DDIM step on the rectified-flow and variance-exploding paths, and the schedule a flow-matching
-scheduler steps along.
-
-=================  ==========================  ====================================================
-path               level (a, b) at noise σ     where
-=================  ==========================  ====================================================
-rectified flow     (1 − σ, σ)   :func:`flow_level`   SD3, Flux: σ ∈ [0, 1], the model predicts u = ε − x0
-variance exploding (1, σ)       :func:`ve_level`     k-diffusion: σ = √((1 − ᾱ)/ᾱ), x_VE = x_VP/√ᾱ
-=================  ==========================  ====================================================
-
-:func:`flow_step_coefficients` is :func:`ddim_sched.update.step_coefficients` on the flow path with the
-noise clamped the way k-diffusion clamps it, σ_step ≤ b_s, so that every η >= 0 is a valid step: η = 0 is
-the Euler step x_s = x_t + (σ_s − σ_t)·u, η = 1 the DDPM posterior, and η → ∞ re-noises x̂0 completely,
-x_s = (1 − σ_s)·x̂0 + σ_s·z (diffusers' ``stochastic_sampling``, ``renoise=True`` here).
-:func:`ve_ancestral_step` gives k-diffusion's (σ_down, σ_up) from the same update.
+r"""The schedule a flow-matching scheduler steps along.
 
 :class:`FlowSchedule` holds the timesteps one ``set_timesteps`` chose (float32, as pipelines pass them to
-the model), the noise level of each in float64, the cached step coefficients, and per-device tables for
-tensor timesteps, which it looks up on the device without reading them.
+the model), the noise level of each in float64, the cached step coefficients (:mod:`ddim_sched.flow_update`
+computes them), and per-device tables for tensor timesteps, which it looks up on the device without
+reading them. The step's functions of :mod:`ddim_sched.flow_update` can be imported from here too.
 """
 
 from __future__ import annotations
@@ -27,7 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ._engine import compute_dtype, fused_prev_sample, fused_step, takes_host_weights
+from ._engine import compute_dtype, takes_host_weights
 from .arguments import is_compiling
 from .flow_arguments import (
     aligned,
@@ -40,9 +27,9 @@ from .flow_arguments import (
 )
 from .flow_config import FlowMatchDDIMConfig
 from .flow_sigmas import flow_sigmas
+from .flow_update import apply_step, flow_level, flow_step_coefficients, ve_ancestral_step, ve_level
 from .schedule import ROW_CACHE_SIZE, _LockedCache, element_position
-from .thresholding import NO_CLIP
-from .update import StepCoefficients, step_coefficients
+from .update import StepCoefficients
 from .validation import check_floating_tensor, check_int
 
 __all__ = [
@@ -57,105 +44,8 @@ __all__ = [
 
 logger = logging.getLogger("ddim_sched")
 
-# A float or a tensor (mixed freely: a float level with a tensor η, ...).
-Value = float | torch.Tensor
-
 # A host timestep matches an element of the schedule within this fraction of num_train_timesteps.
 TIMESTEP_RTOL = 1e-5
-
-
-def flow_level(sigma: Value) -> tuple[Value, Value]:
-    """(a, b) = (1 − σ, σ) of the rectified-flow path at noise level σ."""
-    return 1 - sigma, sigma
-
-
-def ve_level(sigma: Value) -> tuple[Value, Value]:
-    """(a, b) = (1, σ) of the variance-exploding path at noise level σ."""
-    return 1 + 0 * sigma, sigma
-
-
-def _minimum(a: Value, b: Value) -> Value:
-    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
-        return torch.minimum(torch.as_tensor(a), torch.as_tensor(b))
-    return min(a, b)
-
-
-def flow_step_coefficients(
-    sigma_t: Value, sigma_s: Value, eta: Value, *, renoise: bool = False, inverted: bool = False
-) -> StepCoefficients:
-    """One DDIM step on the flow path from noise level σ_t to σ_s with η, for a velocity model output.
-
-    The noise the step adds is min(η·b_s·√(1 − r), b_s) (eq. 16, clamped at b_s as k-diffusion clamps
-    σ_up at σ_to; no change for η <= 1). ``renoise`` is the η → ∞ end: x_s = a_s·x̂0 + b_s·z. ``inverted``
-    reads the model output as x0 − ε (Mochi's convention) instead of ε − x0. Floats or broadcastable tensors.
-    """
-    a_t, b_t = flow_level(sigma_t)
-    a_s, b_s = flow_level(sigma_s)
-    row = step_coefficients(a_t, b_t, a_s, b_s, eta, "flow_prediction")
-    if renoise:
-        zero = 0.0 * row.eps_x
-        row = row._replace(
-            prev_x=a_s * row.x0_x,
-            prev_m=a_s * row.x0_m,
-            eps_x=zero,
-            eps_m=zero,
-            clip_x0=a_s + zero,
-            clip_x=zero,
-            sigma=b_s + zero,
-        )
-    else:
-        row = row._replace(sigma=_minimum(row.sigma, b_s))
-    if inverted:
-        row = row._replace(x0_m=-row.x0_m, prev_m=-row.prev_m, eps_m=-row.eps_m)
-    return row
-
-
-def ve_ancestral_step(sigma_from: Value, sigma_to: Value, eta: Value = 1.0) -> tuple[Value, Value]:
-    """(σ_down, σ_up) of the DDIM step with η from σ_from to σ_to on the variance-exploding path, the noise
-    clamped at σ_to as in :func:`flow_step_coefficients`: the step is x_to = x̂0 + σ_down·ε̂ + σ_up·z.
-
-    This is k-diffusion's ``get_ancestral_step`` (the tests hold it to that formula), and DDIMScheduler's
-    step in x/√ᾱ coordinates: σ_up = σ_DDIM(η)/√ᾱ_to, with σ = √((1 − ᾱ)/ᾱ) (``DDIMScheduler.sigmas``).
-    """
-    a_t, b_t = ve_level(sigma_from)
-    a_s, b_s = ve_level(sigma_to)
-    row = step_coefficients(a_t, b_t, a_s, b_s, eta, "epsilon")
-    return row.eps_m, _minimum(row.sigma, b_s)  # eps_m, the weight of ε̂: √(σ_to² − σ_up²)
-
-
-def apply_step(
-    model_output: torch.Tensor,
-    sample: torch.Tensor,
-    weights: StepCoefficients,
-    noise: torch.Tensor | None,
-    out: torch.Tensor | None,
-    with_x0: bool = True,
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """(x_s, x̂0) of a flow step from its weights (host floats, or tensors shaped to broadcast over the sample),
-    in the sample's dtype: the fused engine, or while autograd records the same linear combination out of
-    place. Without ``with_x0``, x̂0 is not computed (None; one pass over memory fewer)."""
-    dtype = compute_dtype(sample.dtype)
-    recording = torch.is_grad_enabled() and (
-        model_output.requires_grad
-        or sample.requires_grad
-        or (noise is not None and noise.requires_grad)
-        or (isinstance(weights.prev_x, torch.Tensor) and weights.prev_x.requires_grad)
-    )
-    if recording:
-        w = [c.to(sample.device, dtype) if isinstance(c, torch.Tensor) else c for c in weights]
-        x, m = sample.to(dtype), model_output.to(dtype)
-        prev = w[2] * x + w[3] * m
-        if noise is not None:
-            prev = prev + w[9] * noise.to(dtype)
-        prev = prev.to(sample.dtype)
-        x0 = (w[0] * x + w[1] * m).to(sample.dtype) if with_x0 else None
-        return (prev if out is None else out.copy_(prev)), x0
-    if isinstance(weights.prev_x, torch.Tensor):
-        columns = torch.stack(torch.broadcast_tensors(*weights)).to(device=sample.device, dtype=dtype)
-        weights = StepCoefficients(*columns.unbind(0))
-    if not with_x0:
-        return fused_prev_sample(model_output, sample, weights, "flow_prediction", noise, out), None
-    return fused_step(model_output, sample, weights, "flow_prediction", NO_CLIP, False, noise, out)
 
 
 def _as_float64(values: np.ndarray | torch.Tensor) -> torch.Tensor:

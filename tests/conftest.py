@@ -3,6 +3,8 @@ records every integration case's measured error for the end-of-run summary."""
 
 from __future__ import annotations
 
+import logging
+import re
 from types import SimpleNamespace
 
 import numpy as np
@@ -88,6 +90,35 @@ def observe(request):
         _OBSERVATIONS.append(f"{request.node.nodeid}: {message}")
 
     return record
+
+
+@pytest.fixture
+def warnings_logged(caplog):
+    """The WARNING+ records ddim_sched logs, and those diffusers logs about a scheduler or its config, while
+    the test runs (not diffusers' notes on optional packages or on the tiny pipelines' absent encoders)."""
+    caplog.set_level(logging.WARNING)
+    diffusers_logger = logging.getLogger("diffusers")
+    level = diffusers_logger.level
+    diffusers_logger.setLevel(logging.WARNING)  # tests/diffusers_oracle.py quiets it
+    diffusers_logger.addHandler(caplog.handler)  # diffusers' loggers do not propagate to the root
+
+    def records():
+        return [
+            r
+            for r in caplog.records
+            if r.levelno >= logging.WARNING
+            and (
+                r.name.startswith("ddim_sched")
+                or (
+                    r.name.startswith("diffusers")
+                    and re.search(r"(?i)scheduler|ddim|config attributes", r.getMessage())
+                )
+            )
+        ]
+
+    yield records
+    diffusers_logger.removeHandler(caplog.handler)
+    diffusers_logger.setLevel(level)
 
 
 def pytest_terminal_summary(terminalreporter) -> None:

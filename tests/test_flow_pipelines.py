@@ -9,7 +9,6 @@ it runs reproducibly; saving and loading the pipeline keeps our scheduler and it
 from __future__ import annotations
 
 import json
-import logging
 from types import SimpleNamespace
 
 import diffusers
@@ -120,28 +119,6 @@ def test_eta_runs_reproducibly_with_a_generator_list(tiny, name, eta):
         "latent",
     )
     assert not torch.equal(other, runs[0])  # and the noise is drawn from the global generator
-
-
-@pytest.fixture
-def warnings_logged(caplog):
-    """WARNING+ records of diffusers or ddim_sched while the test runs, except diffusers' notes that the
-    absent text encoders and tokenizers (None) are not saved."""
-    caplog.set_level(logging.WARNING)
-    diffusers_logger = logging.getLogger("diffusers")
-    level = diffusers_logger.level
-    diffusers_logger.setLevel(logging.WARNING)
-    diffusers_logger.addHandler(caplog.handler)  # diffusers' loggers do not propagate to the root
-
-    def records():
-        return [
-            r for r in caplog.records
-            if r.levelno >= logging.WARNING and r.name.split(".")[0] in ("diffusers", "ddim_sched")
-            and "cannot be saved" not in r.getMessage()
-        ]  # fmt: skip
-
-    yield records
-    diffusers_logger.removeHandler(caplog.handler)
-    diffusers_logger.setLevel(level)
 
 
 @pytest.mark.parametrize("loader", ["DiffusionPipeline", "own class"])

@@ -9,8 +9,6 @@ StableDiffusionPipeline needs transformers installed (it is in the test extra).
 from __future__ import annotations
 
 import json
-import logging
-import re
 
 import diffusers
 import numpy as np
@@ -189,32 +187,6 @@ def test_custom_timesteps_through_the_pipeline(tiny_sd, parity):
     pipe.scheduler = ddim_sched.DDIMScheduler.from_config(pipe.scheduler.config)
     ours = sd_call(tiny_sd, "latent", False, timesteps=[801, 601, 401, 201, 1], num_inference_steps=None)(pipe)
     parity("StableDiffusionPipeline custom timesteps (latent)", ours, reference)
-
-
-@pytest.fixture
-def warnings_logged(caplog):
-    """The WARNING+ records ddim_sched logs, and those diffusers logs about a scheduler or its config, while
-    the test runs (not diffusers' notes on optional packages or on the tiny pipelines' absent encoders)."""
-    caplog.set_level(logging.WARNING)
-    diffusers_logger = logging.getLogger("diffusers")
-    level = diffusers_logger.level
-    diffusers_logger.setLevel(logging.WARNING)  # tests/diffusers_oracle.py quiets it
-    diffusers_logger.addHandler(caplog.handler)  # diffusers' loggers do not propagate to the root
-
-    def records():
-        return [
-            r
-            for r in caplog.records
-            if r.levelno >= logging.WARNING
-            and (
-                r.name.startswith("ddim_sched")
-                or (r.name.startswith("diffusers") and re.search(r"(?i)scheduler|ddim|config attributes", r.getMessage()))
-            )
-        ]
-
-    yield records
-    diffusers_logger.removeHandler(caplog.handler)
-    diffusers_logger.setLevel(level)
 
 
 @pytest.mark.parametrize("loader", ["DiffusionPipeline", "StableDiffusionPipeline"])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -13,6 +13,7 @@ import torch
 from ..config import DDIMConfig
 from ..flow_scheduler import FlowMatchDDIMScheduler
 from ..output import DDIMSchedulerOutput
+from ..sampling import invert, sample
 from ..scheduler import DDIMScheduler
 from ..toy import GaussianMixture
 
@@ -113,3 +114,34 @@ def gaussian_w2(mean_a: torch.Tensor, var_a: torch.Tensor, mean_b: torch.Tensor,
     """Exact W2 between N(mean_a, diag(var_a)) and N(mean_b, diag(var_b))."""
     w2_sq = ((mean_a - mean_b) ** 2).sum() + ((var_a.sqrt() - var_b.sqrt()) ** 2).sum()
     return float(w2_sq.sqrt())
+
+
+def invert_calls(k: int, steps: int) -> int:
+    """Model calls of ``invert`` over S steps with k fixed-point iterations (no tol, no report): one per
+    step for k = 0, k + 2 for k >= 1 (every iterate's residual is measured)."""
+    return steps * (1 if k == 0 else k + 2)
+
+
+def round_trip_calls(steps: Sequence[int], iterations: Sequence[int]) -> int:
+    """Model calls of :func:`round_trips`."""
+    return sum(invert_calls(k, S) + S for k in iterations for S in steps)
+
+
+def round_trips(
+    model_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    x0: torch.Tensor,
+    scheduler: DDIMScheduler,
+    steps: Sequence[int],
+    iterations: Sequence[int],
+    advance: Callable[[int], None],
+) -> dict[tuple[int, int], torch.Tensor]:
+    """(k, S) → the η = 0 decoding of ``invert(x0)`` with k fixed-point iterations, S steps each way, on
+    ``scheduler``; ``advance(n)`` is called after every n model calls (progress)."""
+    decoded = {}
+    for S in steps:
+        scheduler.set_timesteps(S)
+        for k in iterations:
+            latent = invert(model_fn, x0, scheduler, fixed_point_iterations=k)
+            advance(invert_calls(k, S))
+            decoded[(k, S)] = sample(model_fn, latent, scheduler, callback=lambda *_: advance(1))
+    return decoded

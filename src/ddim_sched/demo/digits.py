@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from .common import DEMO_EXTRA, DemoSettings, cpu_threads, demo_scheduler
+from .common import DEMO_EXTRA, DemoSettings, cpu_threads, demo_scheduler, invert_calls, round_trip_calls
 from .digits_experiments import (
     WORSE_SAMPLER_STEPS,
     Interpolation,
@@ -190,7 +190,7 @@ def _interpolate(
     k = sizes.interpolation_iterations
     result = interpolation(
         model, start, end, sizes.interpolation_steps, sizes.points, k,
-        phases.progress("interpolation", (k + 2) * sizes.interpolation_steps),
+        phases.progress("interpolation", invert_calls(k, sizes.interpolation_steps) + sizes.interpolation_steps),
     )
     labels, confidence = predicted_labels(classifier, result.decoded)
     _, fade_confidence = predicted_labels(classifier, result.crossfade)
@@ -250,7 +250,7 @@ def run_digits(
         quality, worse, worse_fid, spread = _metric_checks(sizes, seed, data, model, metric, phases)
         phases.lap("sample quality")
         images = data.held_out[: sizes.roundtrip_images]
-        calls = sum((k + 2) * S for k in sizes.roundtrip_iterations for S in sizes.roundtrip_steps)
+        calls = round_trip_calls(sizes.roundtrip_steps, sizes.roundtrip_iterations)
         roundtrip = roundtrip_table(
             model, images, sizes.roundtrip_steps, sizes.roundtrip_iterations, phases.progress("round trips", calls)
         )

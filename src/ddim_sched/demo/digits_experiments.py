@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 
 from .. import DDIMScheduler, invert, sample, slerp
-from .common import demo_scheduler
+from .common import demo_scheduler, invert_calls, round_trip_calls, round_trips
 from .digits_metric import FeatureFID
 from .digits_train import PIXELS, DigitClassifier, DigitsData, Progress, _report
 
@@ -189,17 +189,9 @@ def roundtrip_table(
     Returns:
         (k, S) → mean squared error per pixel on the [0, 1] scale (as the paper's Table 2).
     """
-    scheduler = demo_scheduler()
-    tick = _Ticker(progress, sum((k + 2) * S for k in iterations for S in steps))
-    table = {}
-    for S in steps:
-        scheduler.set_timesteps(S)
-        for k in iterations:
-            latent = invert(model, images, scheduler, fixed_point_iterations=k)
-            tick.add((k + 1) * S)
-            decoded = sample(model, latent, scheduler, callback=tick)
-            table[(k, S)] = to_unit_mse(decoded, images)
-    return table
+    tick = _Ticker(progress, round_trip_calls(steps, iterations))
+    decoded = round_trips(model, images, demo_scheduler(), steps, iterations, tick.add)
+    return {cell: to_unit_mse(out, images) for cell, out in decoded.items()}
 
 
 # ---------------------------------------------------------------------- (c) interpolation
@@ -263,9 +255,9 @@ def interpolation(
     """
     scheduler = demo_scheduler()
     scheduler.set_timesteps(steps)
-    tick = _Ticker(progress, (fixed_point_iterations + 2) * steps)
+    tick = _Ticker(progress, invert_calls(fixed_point_iterations, steps) + steps)
     latents = invert(model, torch.cat([start, end]), scheduler, fixed_point_iterations=fixed_point_iterations)
-    tick.add((fixed_point_iterations + 1) * steps)
+    tick.add(invert_calls(fixed_point_iterations, steps))
     z0, z1 = latents.chunk(2)
     alphas = torch.linspace(0.0, 1.0, points)
     path = torch.stack([slerp(z0[p : p + 1], z1[p : p + 1], alphas) for p in range(len(start))])

@@ -13,8 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..sampling import invert, sample
-from .common import DemoSettings, demo_scheduler, ring_mixture
+from .common import DemoSettings, demo_scheduler, ring_mixture, round_trip_calls, round_trips
 from .paper import PAPER_TABLE2_MSE
 from .progress import Progress
 
@@ -70,16 +69,10 @@ def roundtrip_table(
     model_fn = mixture.model("epsilon")
     generator = torch.Generator().manual_seed(settings.seed + 4)
     x0 = mixture.sample(n, generator=generator, device=settings.device, dtype=settings.dtype)
-    bar = Progress("(c) round trips    ", sum((k + 2) * S for k in iterations for S in steps), settings.progress)
-    table = {}
-    for S in steps:
-        scheduler.set_timesteps(S)
-        for k in iterations:
-            latent = invert(model_fn, x0, scheduler, fixed_point_iterations=k)
-            bar.update((k + 1) * S)
-            decoded = sample(model_fn, latent, scheduler, callback=lambda *_: bar.update())
-            # Data in [-1, 1] map to pixels in [0, 1] by x/2 + 1/2: the MSE scales by 1/4.
-            table[(k, S)] = float(((decoded - x0).to(torch.float64) ** 2).mean() / 4)
+    bar = Progress("(c) round trips    ", round_trip_calls(steps, iterations), settings.progress)
+    decoded = round_trips(model_fn, x0, scheduler, steps, iterations, bar.update)
+    # Data in [-1, 1] map to pixels in [0, 1] by x/2 + 1/2: the MSE scales by 1/4.
+    table = {cell: float(((out - x0).to(torch.float64) ** 2).mean() / 4) for cell, out in decoded.items()}
     bar.close()
     return RoundTripResult(table, tuple(steps), tuple(iterations), n, time.perf_counter() - start)
 

@@ -269,6 +269,37 @@ def test_per_frame_timesteps_equal_stepping_each_frame_alone():
             assert rel_l2(batched.pred_original_sample[b, :, f], alone.pred_original_sample[0]) <= tolerance
 
 
+def test_a_repeated_pattern_of_frame_timesteps_steps_like_a_new_one():
+    """The schedule keeps the coefficients of a per-frame pattern by value (a FIFO queue repeats one every
+    call): values edited in place, η and the sample's dtype still change the step; bad shapes are refused
+    every time."""
+    scheduler = FlowMatchDDIMScheduler(shift=3.0)
+    scheduler.set_timesteps(12)
+    x, m, z = tensors((1, 2, 4, 3, 3), 7)
+    t = scheduler.timesteps[torch.tensor([0, 3, 6, 9])].reshape(1, 1, 4, 1, 1).clone()
+
+    def frame_by_frame(m, x, eta=0.0):
+        frames = [
+            scheduler.step(m[:, :, f], float(t[0, 0, f]), x[:, :, f], eta=eta, variance_noise=z[:, :, f].to(x.dtype))
+            for f in range(4)
+        ]
+        return torch.stack([frame.prev_sample for frame in frames], dim=2)
+
+    def batched(m, x, eta=0.0):
+        return scheduler.step(m, t, x, eta=eta, variance_noise=z.to(x.dtype)).prev_sample
+
+    tolerance = EXACT_RTOL[torch.float32]
+    for _ in range(3):
+        assert rel_l2(batched(m, x), frame_by_frame(m, x)) <= tolerance
+    t[0, 0, 2] = scheduler.timesteps[1]
+    assert rel_l2(batched(m, x), frame_by_frame(m, x)) <= tolerance
+    assert rel_l2(batched(m, x, 0.8), frame_by_frame(m, x, 0.8)) <= tolerance
+    assert rel_l2(batched(m.double(), x.double()), frame_by_frame(m.double(), x.double())) <= EXACT_RTOL[torch.float64]
+    for _ in range(2):
+        with pytest.raises(ValueError, match="timestep"):
+            scheduler.step(m[:, :, :3], t, x[:, :, :3])
+
+
 @settings(max_examples=25, **HYPOTHESIS)
 @given(
     positions=st.lists(st.integers(0, 19), min_size=3, max_size=3),

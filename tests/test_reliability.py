@@ -404,6 +404,59 @@ def test_per_frame_timesteps_equal_stepping_each_frame_alone():
         scheduler.step(m, torch.zeros(B, F, dtype=torch.int64), x)
 
 
+def _frame_by_frame(scheduler, m, t, x, eta=0.0, noise=None):
+    """One [1, C, F, H, W] step with per-frame timesteps t [1, 1, F, 1, 1], as F steps of one frame each."""
+    frames = []
+    for f in range(x.shape[2]):
+        z = None if noise is None else noise[:, :, f]
+        frames.append(scheduler.step(m[:, :, f], int(t[0, 0, f]), x[:, :, f], eta=eta, variance_noise=z).prev_sample)
+    return torch.stack(frames, dim=2)
+
+
+def test_a_repeated_pattern_of_frame_timesteps_steps_like_a_new_one():
+    """A FIFO queue passes one pattern of per-frame timesteps every call, and the schedule keeps the
+    coefficients of a pattern it has seen by value. So whatever changes between calls must still change the
+    step: values edited in place, η, the sample's dtype, a new schedule; and bad values and shapes are
+    refused every time, not only the first."""
+    scheduler = DDIMScheduler(clip_sample=False)
+    scheduler.set_timesteps(20)
+    x, m, z = _inputs((1, 2, 4, 3, 3), torch.float32)
+    t = scheduler.timesteps[torch.tensor([0, 5, 10, 15])].reshape(1, 1, 4, 1, 1).clone()
+    tolerance = EXACT_RTOL[torch.float32]
+    for _ in range(3):  # the first call computes the pattern's coefficients, the others reuse them
+        assert rel_l2(scheduler.step(m, t, x).prev_sample, _frame_by_frame(scheduler, m, t, x)) <= tolerance
+    t[0, 0, 1] = scheduler.timesteps[7]  # the same tensor, new values
+    assert rel_l2(scheduler.step(m, t, x).prev_sample, _frame_by_frame(scheduler, m, t, x)) <= tolerance
+    noisy = scheduler.step(m, t, x, eta=0.5, variance_noise=z).prev_sample
+    assert rel_l2(noisy, _frame_by_frame(scheduler, m, t, x, 0.5, z)) <= tolerance
+    exact = scheduler.step(m.double(), t, x.double()).prev_sample
+    assert exact.dtype == torch.float64
+    assert rel_l2(exact, _frame_by_frame(scheduler, m.double(), t, x.double())) <= EXACT_RTOL[torch.float64]
+    t.copy_(torch.tensor([900, 800, 500, 200]).reshape(1, 1, 4, 1, 1))
+    before = scheduler.step(m, t, x).prev_sample  # each lands 50 below
+    scheduler.set_timesteps(10)  # 900, 800, ..., 0: now each lands 100 below
+    after = scheduler.step(m, t, x).prev_sample
+    assert rel_l2(after, _frame_by_frame(scheduler, m, t, x)) <= tolerance
+    assert rel_l2(after, before) > 1e-3
+    for _ in range(2):
+        with pytest.raises(ValueError, match="1000"):
+            scheduler.step(m, torch.tensor([900, 800, 1000, 200]).reshape(1, 1, 4, 1, 1), x)
+        with pytest.raises(ValueError, match="broadcasts over the sample's leading dimensions"):
+            scheduler.step(m[:, :, :3], t, x[:, :, :3])
+
+
+def test_per_frame_timestep_patterns_are_kept_in_bounded_memory():
+    from ddim_sched.schedule import PATTERN_CACHE_SIZE
+
+    scheduler = DDIMScheduler(clip_sample=False)
+    scheduler.set_timesteps(50)
+    x, m, _ = _inputs((1, 1, 4, 2, 2), torch.float32)
+    for start in range(3 * PATTERN_CACHE_SIZE):
+        t = scheduler.timesteps[torch.arange(start, start + 4) % 50].reshape(1, 1, 4, 1, 1)
+        scheduler.step(m, t, x)
+    assert len(scheduler._schedule.patterns._items) <= PATTERN_CACHE_SIZE
+
+
 @pytest.mark.parametrize("cls", [DDIMScheduler, DDIMInverseScheduler, ddim_sched.DDIMParallelScheduler])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 def test_a_loop_over_the_schedules_own_timesteps_never_reads_them(cls, dtype, monkeypatch):

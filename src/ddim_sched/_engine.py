@@ -207,17 +207,18 @@ def _tensor_step(
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Tensor weights (any layout): a multiply and an in-place addcmul_ per further term (no x̂0 without its terms)."""
     ndim, out_dtype = sources[_X].dim(), sources[_X].dtype
-    # (indexing, not slicing: dynamo in torch 2.6 cannot slice a NamedTuple)
-    columns = [as_column(cast(torch.Tensor, weights[i]), ndim) for i in range(len(WEIGHTS))]
+
+    def weighted(terms: Terms) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        return [(as_column(cast(torch.Tensor, weights[j]), ndim), sources[s]) for j, s in terms]
+
     x0_terms, prev_terms = terms
     # Bounding x̂0 needs it in the compute dtype; otherwise it is written in the output dtype.
     x0 = None
     if x0_terms:
-        x0 = _combine_tensor([(columns[j], sources[s]) for j, s in x0_terms], None if clip.active else out_dtype)
+        x0 = _combine_tensor(weighted(x0_terms), None if clip.active else out_dtype)
         clip.apply_(x0)
     sources = [*sources, x0]
-    ordered = _reads_destination_first(prev_terms, sources, out)
-    prev = _combine_tensor([(columns[j], sources[s]) for j, s in ordered], out_dtype, out)
+    prev = _combine_tensor(weighted(_reads_destination_first(prev_terms, sources, out)), out_dtype, out)
     return prev, None if x0 is None else x0.to(out_dtype)
 
 

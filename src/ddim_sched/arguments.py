@@ -16,7 +16,7 @@ import torch
 
 from .validation import as_int, as_real
 
-__all__ = ["eta_values", "is_compiling", "per_element_shape", "timestep_values"]
+__all__ = ["eta_values", "is_compiling", "pattern_key", "per_element_shape", "timestep_values"]
 
 _compiler = getattr(torch, "compiler", None)
 _is_compiling = getattr(_compiler, "is_compiling", lambda: False)
@@ -25,6 +25,35 @@ _is_compiling = getattr(_compiler, "is_compiling", lambda: False)
 def is_compiling() -> bool:
     """True while torch.compile traces (host reads and host caches are skipped then)."""
     return bool(_is_compiling())
+
+
+# Host tensors of per-element timesteps up to this many elements key a schedule's cache of coefficients.
+PATTERN_MAX_NUMEL = 4096
+# The dtypes such a tensor is read in for its key (one .numpy(), no conversion).
+_KEY_DTYPES = frozenset(
+    {torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8, torch.float64, torch.float32, torch.float16}
+)
+
+
+def pattern_key(timestep: Any, eta: Any, sample: torch.Tensor, model_output: torch.Tensor) -> tuple[Any, ...] | None:
+    """The key of a step's coefficients for a CPU tensor of per-element timesteps: its values (as bytes),
+    dtype and shape, η, and the sample's shape, dtype and device and the model output's dtype, which
+    are all the coefficients depend on. A video sampler repeats one pattern of levels call after call
+    (FIFO-Diffusion's queue holds its frames at fixed levels), so a schedule caches the coefficients of
+    each pattern it has validated and computed under this key. None where that does not apply: device
+    tensors (never read), large tensors, η tensors, and while torch.compile traces."""
+    if (
+        type(timestep) is not torch.Tensor
+        or type(eta) is not float
+        or timestep.device.type != "cpu"
+        or timestep.dtype not in _KEY_DTYPES
+        or timestep.numel() > PATTERN_MAX_NUMEL
+        or timestep.requires_grad
+        or is_compiling()
+    ):
+        return None
+    values = timestep.numpy().tobytes()
+    return (values, timestep.dtype, timestep.shape, eta, sample.shape, sample.dtype, sample.device, model_output.dtype)
 
 
 def per_element_shape(name: str, shape: tuple[int, ...], sample_shape: tuple[int, ...]) -> tuple[int, ...]:

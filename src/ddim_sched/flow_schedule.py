@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from ._engine import compute_dtype, takes_host_weights
-from .arguments import is_compiling
+from .arguments import is_compiling, pattern_key
 from .flow_arguments import (
     aligned,
     check_aligned,
@@ -27,8 +27,8 @@ from .flow_arguments import (
 )
 from .flow_config import FlowMatchDDIMConfig
 from .flow_sigmas import flow_sigmas
-from .flow_update import apply_step, flow_level, flow_step_coefficients, ve_ancestral_step, ve_level
-from .schedule import ROW_CACHE_SIZE, _LockedCache, element_position
+from .flow_update import apply_step, flow_level, flow_step_coefficients, in_compute_dtype, ve_ancestral_step, ve_level
+from .schedule import PATTERN_CACHE_SIZE, ROW_CACHE_SIZE, _LockedCache, element_position
 from .update import StepCoefficients
 from .validation import check_floating_tensor, check_int
 
@@ -87,6 +87,8 @@ class FlowSchedule:
         self._tensor_version = self.tensor._version
         self._rows = _LockedCache(ROW_CACHE_SIZE)
         self._tables = _LockedCache(16)
+        # Coefficients of per-element timestep patterns, keyed by arguments.pattern_key.
+        self.patterns = _LockedCache(PATTERN_CACHE_SIZE)
 
     def __len__(self) -> int:
         return len(self.host)
@@ -197,9 +199,26 @@ class FlowSchedule:
         self, timestep: Any, eta: float | torch.Tensor, sample: torch.Tensor, model_output: torch.Tensor,
         per_token: torch.Tensor | None = None,
     ) -> tuple[StepCoefficients, int | None]:  # fmt: skip
-        """A step's coefficients (host floats, or float64 tensors shaped to broadcast over the sample) and the
+        """A step's coefficients (host floats, or tensors shaped to broadcast over the sample) and the
         timestep's index where it is known on the host. ``per_token``: diffusers' per-token levels, σ_t =
-        value/T landing on the largest level below, the model output read as x0 − ε."""
+        value/T landing on the largest level below, the model output read as x0 − ε.
+
+        A host tensor of per-element timesteps is looked up by its values first: a video sampler passes one
+        pattern of levels every call, computed once per schedule and kept in the compute dtype on the
+        sample's device (:func:`ddim_sched.arguments.pattern_key`)."""
+        key = pattern_key(timestep, eta, sample, model_output) if per_token is None else None
+        cached = None if key is None else self.patterns.get(key)
+        if cached is not None:
+            return cached
+        weights, index = self._coefficients(timestep, eta, sample, model_output, per_token)
+        if key is None:
+            return weights, index
+        return self.patterns.put(key, (in_compute_dtype(weights, sample), index))
+
+    def _coefficients(
+        self, timestep: Any, eta: float | torch.Tensor, sample: torch.Tensor, model_output: torch.Tensor,
+        per_token: torch.Tensor | None,
+    ) -> tuple[StepCoefficients, int | None]:  # fmt: skip
         inverted = self.inverted
         if per_token is not None:
             check_floating_tensor("per_token_timesteps", per_token)

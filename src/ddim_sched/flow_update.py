@@ -22,7 +22,9 @@ from ._engine import compute_dtype, fused_prev_sample, fused_step
 from .thresholding import NO_CLIP
 from .update import StepCoefficients, step_coefficients
 
-__all__ = ["Value", "apply_step", "flow_level", "flow_step_coefficients", "ve_ancestral_step", "ve_level"]
+__all__ = [
+    "Value", "apply_step", "flow_level", "flow_step_coefficients", "in_compute_dtype", "ve_ancestral_step", "ve_level"
+]
 
 # A float or a tensor (mixed freely: a float level with a tensor η, ...).
 Value = float | torch.Tensor
@@ -87,6 +89,18 @@ def ve_ancestral_step(sigma_from: Value, sigma_to: Value, eta: Value = 1.0) -> t
     return row.eps_m, _minimum(row.sigma, b_s)  # eps_m, the weight of ε̂: √(σ_to² − σ_up²)
 
 
+def in_compute_dtype(weights: StepCoefficients, sample: torch.Tensor) -> StepCoefficients:
+    """Tensor weights in the sample's compute dtype on its device (converted together, in one copy, unless
+    they are already); host floats as they are."""
+    weight = weights.prev_x
+    if not isinstance(weight, torch.Tensor) or (
+        weight.dtype == compute_dtype(sample.dtype) and weight.device == sample.device
+    ):
+        return weights
+    columns = torch.stack(torch.broadcast_tensors(*weights)).to(device=sample.device, dtype=compute_dtype(sample.dtype))
+    return StepCoefficients(*columns.unbind(0))
+
+
 def apply_step(
     model_output: torch.Tensor,
     sample: torch.Tensor,
@@ -114,9 +128,7 @@ def apply_step(
         prev = prev.to(sample.dtype)
         x0 = (w[0] * x + w[1] * m).to(sample.dtype) if with_x0 else None
         return (prev if out is None else out.copy_(prev)), x0
-    if isinstance(weights.prev_x, torch.Tensor):
-        columns = torch.stack(torch.broadcast_tensors(*weights)).to(device=sample.device, dtype=dtype)
-        weights = StepCoefficients(*columns.unbind(0))
+    weights = in_compute_dtype(weights, sample)
     if not with_x0:
         return fused_prev_sample(model_output, sample, weights, "flow_prediction", noise, out), None
     return fused_step(model_output, sample, weights, "flow_prediction", NO_CLIP, False, noise, out)

@@ -11,6 +11,7 @@ number of threads may step one scheduler. Work and memory per schedule are O(S),
 from __future__ import annotations
 
 import threading
+from collections import OrderedDict
 from collections.abc import Hashable
 from typing import Any
 
@@ -23,6 +24,8 @@ from .update import StepCoefficients, step_coefficients, vp_level
 
 # Coefficient rows kept per schedule (host floats, one per (from, to, η) step taken).
 ROW_CACHE_SIZE = 4096
+# Patterns of per-element timesteps whose coefficients a schedule keeps (see arguments.pattern_key).
+PATTERN_CACHE_SIZE = 64
 
 
 def element_position(tensor: torch.Tensor, version: int, t: torch.Tensor) -> int | None:
@@ -46,7 +49,9 @@ class _LockedCache:
     recomputes what it would hold, and dynamo cannot trace a lock)."""
 
     def __init__(self, size: int) -> None:
-        self._items: dict[Hashable, Any] = {}
+        # (an OrderedDict: evicting the oldest entry of a plain dict again and again costs a scan past the
+        # deleted slots each time)
+        self._items: OrderedDict[Hashable, Any] = OrderedDict()
         self._size = size
         self._lock = threading.Lock()
 
@@ -68,7 +73,7 @@ class _LockedCache:
         with self._lock:
             self._items[key] = value
             while len(self._items) > self._size:
-                del self._items[next(iter(self._items))]
+                self._items.popitem(last=False)
         return value
 
 
@@ -152,6 +157,8 @@ class Schedule:
         self._tensor_version = self.tensor._version
         self._rows = _LockedCache(ROW_CACHE_SIZE)
         self._device_ascending = _LockedCache(16)
+        # Coefficients of per-element timestep patterns, keyed by arguments.pattern_key.
+        self.patterns = _LockedCache(PATTERN_CACHE_SIZE)
 
     def __len__(self) -> int:
         return len(self.timesteps)

@@ -10,7 +10,7 @@ import torch
 
 from ._diffusers import SchedulerMixin  # noqa: F401  (diffusers' pipeline loader looks for it beside the class)
 from ._engine import compute_dtype, takes_host_weights
-from .arguments import eta_values, is_compiling
+from .arguments import eta_values, is_compiling, pattern_key
 from .base import DDIMSchedulerBase, TimestepsArg, _check_pair
 from .noise import Generator, randn
 from .output import DDIMSchedulerOutput
@@ -96,6 +96,21 @@ class DDIMScheduler(DDIMSchedulerBase):
         )
 
     # ------------------------------------------------------------------ the step
+
+    def _step_coefficients(
+        self, schedule: Schedule, timestep: Any, prev_timestep: Any, eta: float | torch.Tensor,
+        model_output: torch.Tensor, sample: torch.Tensor,
+    ) -> StepCoefficients:  # fmt: skip
+        """:meth:`_coefficients` of the timestep argument as given. A host tensor of per-element timesteps is
+        looked up by its values first: a video sampler passes one pattern of levels every call, validated
+        and computed once per schedule (:func:`ddim_sched.arguments.pattern_key`)."""
+        key = pattern_key(timestep, eta, sample, model_output) if prev_timestep is None else None
+        cached = None if key is None else schedule.patterns.get(key)
+        if cached is not None:
+            return cached
+        t = self._timestep_arg(timestep, sample, "timestep")
+        coefficients = self._coefficients(schedule, t, prev_timestep, eta, model_output, sample)
+        return coefficients if key is None else schedule.patterns.put(key, coefficients)
 
     def _coefficients(
         self, schedule: Schedule, t: Any, prev_timestep: Any, eta: float | torch.Tensor, model_output: torch.Tensor,
@@ -218,8 +233,7 @@ class DDIMScheduler(DDIMSchedulerBase):
         ):
             coefficients = schedule.sampling_row(timestep, eta)
         else:
-            t = self._timestep_arg(timestep, sample, "timestep")
-            coefficients = self._coefficients(schedule, t, prev_timestep, eta, model_output, sample)
+            coefficients = self._step_coefficients(schedule, timestep, prev_timestep, eta, model_output, sample)
         stochastic = type(eta) is not float or eta > 0.0 or variance_noise is not None
         noise = self._noise(eta, sample, generator, variance_noise) if stochastic else None
         prev_sample, pred_original_sample = self._run_step(

@@ -295,9 +295,13 @@ def test_a_repeated_pattern_of_frame_timesteps_steps_like_a_new_one():
     assert rel_l2(batched(m, x), frame_by_frame(m, x)) <= tolerance
     assert rel_l2(batched(m, x, 0.8), frame_by_frame(m, x, 0.8)) <= tolerance
     assert rel_l2(batched(m.double(), x.double()), frame_by_frame(m.double(), x.double())) <= EXACT_RTOL[torch.float64]
+    off_schedule = t.clone()
+    off_schedule[0, 0, 3] += 1.0
     for _ in range(2):
         with pytest.raises(ValueError, match="timestep"):
             scheduler.step(m[:, :, :3], t, x[:, :, :3])
+        with pytest.raises(ValueError, match="must be one of scheduler.timesteps"):
+            scheduler.step(m, off_schedule, x)
 
 
 @settings(max_examples=25, **HYPOTHESIS)

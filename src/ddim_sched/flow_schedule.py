@@ -132,6 +132,17 @@ class FlowSchedule:
             return indices[0] if len(indices) == 1 else None
         return None
 
+    def host_indices(self, timestep: Any, sample: torch.Tensor) -> np.ndarray | None:
+        """For a CPU tensor of several timesteps (checked: each one of the timesteps, the tensor aligned with
+        the sample), their indices, shaped to broadcast over the sample; None for anything else."""
+        if not isinstance(timestep, torch.Tensor) or timestep.device.type != "cpu" or timestep.numel() < 2:
+            return None
+        if is_compiling():
+            return None
+        check_timestep_type("timestep", timestep)
+        padded = aligned("timestep", timestep, sample).shape
+        return np.array([self.index_of(v) for v in timestep.reshape(-1).tolist()], dtype=np.int64).reshape(padded)
+
     def element_index(self, t: torch.Tensor) -> int | None:
         """The index of a 0-d tensor that is an element of :attr:`tensor` (as ``for t in timesteps`` yields),
         found from its place in memory without reading the device; None otherwise."""
@@ -166,6 +177,17 @@ class FlowSchedule:
                 values = values.pin_memory().to(device, non_blocking=True)
             row = self._rows.put(key, StepCoefficients(*values.to(device).unbind()))
         return row
+
+    def rows_at(self, indices: np.ndarray, eta: float, dtype: torch.dtype, device: torch.device) -> StepCoefficients:
+        """:meth:`row` elementwise for an array of indices, as tensors of its shape, from a [fields, S] table
+        of every step's row in ``dtype`` on ``device``, built once per (η, dtype, device) and cached."""
+        key = ("table", eta, dtype, str(device))
+        table = self._rows.get(key)
+        if table is None:
+            rows = [self.row(i, eta) for i in range(len(self))]
+            table = self._rows.put(key, torch.tensor(rows, dtype=torch.float64).to(dtype).T.contiguous().to(device))
+        columns = table[:, torch.from_numpy(indices.reshape(-1)).to(device)]
+        return StepCoefficients(*columns.reshape((table.shape[0],) + indices.shape).unbind(0))
 
     def tables(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         """(timesteps, levels) as float64 tensors on ``device`` (float32 on MPS), copied there once."""
@@ -228,6 +250,9 @@ class FlowSchedule:
             sigma_t = sigma_t / self.num_train_timesteps
             index, sigma_s, inverted = None, self.levels_below(sigma_t), True
         else:
+            indices = self.host_indices(timestep, sample) if self.sampling else None
+            if indices is not None and isinstance(eta, float):  # several host timesteps: their rows, gathered
+                return self.rows_at(indices, eta, compute_dtype(sample.dtype), sample.device), None
             index = self.host_index(timestep, sample, model_output)
             if index is not None and isinstance(eta, float):
                 if takes_host_weights(model_output, sample):

@@ -163,3 +163,14 @@ print(ddim_sched._diffusers.DIFFUSERS_INTEGRATION)
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("off:")
+
+
+@pytest.mark.parametrize("cls", [DDIMScheduler, DDIMInverseScheduler, DDIMParallelScheduler, ddim_sched.FlowMatchDDIMScheduler])
+def test_repr_shows_the_class_and_its_config_but_not_a_table_of_betas(cls):
+    if cls is ddim_sched.FlowMatchDDIMScheduler:
+        scheduler, shown = cls(shift=3.0), "shift=3.0"
+    else:
+        scheduler, shown = cls(trained_betas=[0.01] * 1000, prediction_type="v_prediction"), "prediction_type='v_prediction'"
+    text = repr(scheduler)
+    assert text.startswith(f"{cls.__name__}(num_train_timesteps=1000, ") and shown in text
+    assert "0.01, 0.01" not in text and "trained_betas" not in text

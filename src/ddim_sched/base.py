@@ -162,10 +162,6 @@ class DDIMSchedulerBase(StepProgress, ConfigSurface, SchedulerMixin):
     def __len__(self) -> int:
         return self._config.num_train_timesteps
 
-    def __repr__(self) -> str:
-        fields = ", ".join(f"{k}={v!r}" for k, v in self._config.to_dict().items() if k != "trained_betas")
-        return f"{type(self).__name__}({fields})"
-
     # ------------------------------------------------------------------ choosing timesteps
 
     def _spaced_timesteps(self, num_inference_steps: Any) -> np.ndarray:

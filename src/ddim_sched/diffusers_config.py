@@ -130,6 +130,11 @@ class ConfigSurface:
     def _set_config(self, config: Any) -> None:
         raise NotImplementedError
 
+    def __repr__(self) -> str:
+        # (trained_betas, a table of T values, is left out)
+        fields = ", ".join(f"{k}={v!r}" for k, v in self._config.to_dict().items() if k != "trained_betas")
+        return f"{type(self).__name__}({fields})"
+
     def _init_config(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         """Construct the config from the constructor's arguments; note the fields left at their defaults."""
         fields = self.config_class.field_names()

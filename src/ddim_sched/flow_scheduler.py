@@ -27,14 +27,15 @@ from .flow_sigmas import shift_sigmas, stretch_to_terminal, time_shift
 from .flow_update import apply_step, flow_level
 from .noise import Generator
 from .output import DDIMSchedulerOutput
+from .progress import StepProgress
 from .update import prediction_weights
-from .validation import check_int, check_real
+from .validation import check_real
 
 StepResult = DDIMSchedulerOutput | tuple[torch.Tensor]
 Values = Sequence[float] | np.ndarray | torch.Tensor
 
 
-class FlowMatchDDIMScheduler(ConfigSurface, SchedulerMixin):
+class FlowMatchDDIMScheduler(StepProgress, ConfigSurface, SchedulerMixin):
     """DDIM (Song, Meng & Ermon 2020) for flow-matching models, a drop-in for diffusers'
     FlowMatchEulerDiscreteScheduler: same constructor, config, ``set_timesteps`` (``sigmas``, ``timesteps``,
     ``mu``), ``scale_noise``, ``set_begin_index``/``step_index`` and float timesteps, plus η.
@@ -88,9 +89,7 @@ class FlowMatchDDIMScheduler(ConfigSurface, SchedulerMixin):
     def _install(self, schedule: FlowSchedule | None, request: dict[str, Any] | None) -> None:
         self._schedule, self._request = schedule, request
         self.num_inference_steps: int | None = None if schedule is None else len(schedule)
-        self._begin_index: int | None = None
-        self._steps_taken = 0
-        self._first_timestep: Any = None
+        self._reset_progress()
 
     @property
     def flow_config(self) -> FlowMatchDDIMConfig:
@@ -130,10 +129,6 @@ class FlowMatchDDIMScheduler(ConfigSurface, SchedulerMixin):
 
     def __len__(self) -> int:
         return self._config.num_train_timesteps
-
-    def __repr__(self) -> str:
-        fields = ", ".join(f"{k}={v!r}" for k, v in self._config.to_dict().items())
-        return f"{type(self).__name__}({fields})"
 
     def time_shift(self, mu: float, sigma: float, t: Any) -> Any:
         """The config's dynamic shift (``time_shift_type``) with μ and exponent ``sigma``, on an array or tensor t."""
@@ -195,39 +190,15 @@ class FlowMatchDDIMScheduler(ConfigSurface, SchedulerMixin):
             raise ValueError("num_inference_steps is None: call set_timesteps(...) before step(...)")
         return self._schedule
 
-    # ------------------------------------------------------------------ progress
+    # ------------------------------------------------------------------ progress (begin_index, step_index)
 
-    @property
-    def begin_index(self) -> int | None:
-        """Index of the first timestep to run, set by a pipeline with :meth:`set_begin_index`."""
-        return self._begin_index
-
-    def set_begin_index(self, begin_index: int = 0) -> None:
-        """Declare that sampling starts at ``timesteps[begin_index]`` (img2img).
-
-        Raises:
-            TypeError: Not an int.  ValueError: Outside [0, len(timesteps)).
-        """
-        index = check_int("begin_index", begin_index)
-        if not 0 <= index < len(self.timesteps):
-            raise ValueError(f"begin_index must lie in [0, {len(self.timesteps)}); got {index}")
-        self._begin_index = index
-
-    @property
-    def step_index(self) -> int | None:
-        """Index in :attr:`timesteps` of the next step (None before the first step). Reading it after a
-        first step with a device timestep and no begin_index copies one value to the host; stepping never does."""
-        first = self._first_timestep
-        if first is None:
+    def _index_of_first(self, first: Any) -> int | None:
+        """The first step's index (recorded by :meth:`step`), or its tensor timestep, looked up here."""
+        if not isinstance(first, torch.Tensor):
+            return int(first)
+        if first.numel() != 1:
             return None
-        start = self._begin_index
-        if start is None:
-            if isinstance(first, torch.Tensor):
-                if first.numel() != 1:
-                    return None
-                first = int((self._schedule or self._training).indices_of(first.reshape(())).item())
-            start = first
-        return start + self._steps_taken
+        return int((self._schedule or self._training).indices_of(first.reshape(())).item())
 
     def index_for_timestep(self, timestep: float | torch.Tensor, schedule_timesteps: torch.Tensor | None = None) -> int:
         """The index of ``timestep`` in ``schedule_timesteps`` (default :attr:`timesteps`), as diffusers'
@@ -368,9 +339,7 @@ class FlowMatchDDIMScheduler(ConfigSurface, SchedulerMixin):
         stochastic = self._config.stochastic_sampling or isinstance(rate, torch.Tensor) or rate > 0
         noise = step_noise(stochastic, sample, generator, variance_noise)
         prev_sample, pred_original_sample = apply_step(model_output, sample, weights, noise, out, return_dict)
-        if self._first_timestep is None:
-            self._first_timestep = index if index is not None else timestep
-        self._steps_taken += 1
+        self._count_step(index if index is not None else timestep)
         if not return_dict:
             return (prev_sample,)
         return DDIMSchedulerOutput(prev_sample=prev_sample, pred_original_sample=pred_original_sample)

@@ -3,7 +3,7 @@ diffusers' pipelines use them for img2img (a loop that starts part-way through t
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -14,8 +14,12 @@ from .validation import check_int
 class StepProgress:
     """Counts the steps taken since the schedule was set; the scheduler provides ``timesteps``."""
 
-    timesteps: torch.Tensor
     _begin_index: int | None
+
+    if TYPE_CHECKING:
+
+        @property
+        def timesteps(self) -> torch.Tensor: ...
 
     def _reset_progress(self) -> None:
         self._begin_index = None
@@ -56,13 +60,17 @@ class StepProgress:
             return None
         start = self._begin_index
         if start is None:
-            first = self._first_timestep
-            if isinstance(first, torch.Tensor):
-                if first.numel() != 1:
-                    return None
-                first = int(first.reshape(()).item())
-            matches = np.flatnonzero(self.timesteps.cpu().numpy() == first)
-            if matches.size == 0:
+            start = self._index_of_first(self._first_timestep)
+            if start is None:
                 return None
-            start = int(matches[0])
         return start + self._steps_taken
+
+    def _index_of_first(self, first: Any) -> int | None:
+        """The index in :attr:`timesteps` of what ``_count_step`` recorded first (here: the timestep itself,
+        an int or a one-element tensor); None when it is not one of them."""
+        if isinstance(first, torch.Tensor):
+            if first.numel() != 1:
+                return None
+            first = int(first.reshape(()).item())
+        matches = np.flatnonzero(self.timesteps.cpu().numpy() == first)
+        return int(matches[0]) if matches.size else None

@@ -4,7 +4,9 @@ A queue holds S frames at staggered noise levels: the front frame one step from 
 pure noise. One scheduler call advances every frame one step at once — ``timestep`` is a
 [1, 1, F, 1, 1] tensor, one timestep per frame of the [1, C, F, H, W] latents — then the front frame
 leaves the queue clean and a fresh noise frame joins at the back. A video of any length comes out of
-one model call and one step call per frame.
+one model call and one step call per frame. The levels tensor is the same every call, so the scheduler
+validates it and computes its coefficients once, then reuses them (a call costs about 1.3× a
+scalar-timestep call: benchmarks/RESULTS.md).
 
 The model here is a toy: each frame k of the "video" is drawn from N(μ_k, c²·I) with μ_k a wave moving
 one pixel per frame, and the model returns the exact ε for that (so every frame's trajectory is its

@@ -108,6 +108,35 @@ def test_inverse_scheduler_step_is_differentiable():
     assert torch.autograd.gradcheck(lambda a, b: scheduler.step(a, 401, b).prev_sample, (m.requires_grad_(), x.requires_grad_()))
 
 
+@pytest.mark.parametrize("cls", [DDIMScheduler, ddim_sched.FlowMatchDDIMScheduler])
+@pytest.mark.parametrize("timestep", ["element", "per-frame", "half model output"])
+def test_steps_under_inference_mode_leave_the_scheduler_usable_by_autograd(cls, timestep):
+    """What a step caches while a pipeline runs under torch.inference_mode() must not be an inference
+    tensor: a later step that autograd records (guidance by gradients) saves the cached coefficients."""
+    scheduler = cls()
+    scheduler.set_timesteps(10)
+    x, m, _ = _inputs((1, 2, 3, 4, 4), torch.float32)
+    t = scheduler.timesteps[torch.tensor([1, 4, 7])].reshape(1, 1, 3, 1, 1) if timestep == "per-frame" else scheduler.timesteps[3]
+    inputs = (m.half(), x) if timestep == "half model output" else (m, x)
+
+    def gradient(scheduler):
+        sample = inputs[1].clone().requires_grad_()
+        scheduler.step(inputs[0], t, sample).prev_sample.square().sum().backward()
+        return sample.grad
+
+    expected = gradient(scheduler)  # before any step under inference mode
+    fresh = cls()
+    fresh.set_timesteps(10)
+    with torch.inference_mode():
+        fresh.step(*inputs[:1], t, inputs[1])
+        for name in ("betas", "alphas_cumprod"):
+            getattr(fresh, name, None)
+    torch.testing.assert_close(gradient(fresh), expected, rtol=0, atol=0)
+    for name in ("betas", "alphas_cumprod"):
+        if hasattr(fresh, name):
+            assert not getattr(fresh, name).is_inference()
+
+
 # ----------------------------------------------------------------------------- memory layouts
 
 

@@ -116,25 +116,32 @@ class DDIMSchedulerBase(StepProgress, ConfigSurface, SchedulerMixin):
         """ᾱ_t for t = 0..T−1 as a float64 CPU tensor (a copy)."""
         return self._levels.alpha_bar.clone()
 
+    # diffusers' float32 tables, made on first use: outside inference mode even during inference, so that
+    # autograd may use them later, as it may diffusers' (made at construction).
+
     @functools.cached_property
     def betas(self) -> torch.Tensor:
         """β_t, float32 CPU (diffusers' attribute; the step uses the float64 tables)."""
-        return self._betas.to(torch.float32)
+        with torch.inference_mode(False):
+            return self._betas.to(torch.float32)
 
     @functools.cached_property
     def alphas(self) -> torch.Tensor:
         """1 − β_t, float32 CPU."""
-        return (1.0 - self._betas).to(torch.float32)
+        with torch.inference_mode(False):
+            return (1.0 - self._betas).to(torch.float32)
 
     @functools.cached_property
     def alphas_cumprod(self) -> torch.Tensor:
         """ᾱ_t, float32 CPU (diffusers' attribute; :attr:`alpha_bar` is the float64 table)."""
-        return self._levels.alpha_bar.to(torch.float32)
+        with torch.inference_mode(False):
+            return self._levels.alpha_bar.to(torch.float32)
 
     @functools.cached_property
     def final_alpha_cumprod(self) -> torch.Tensor:
         """ᾱ after the last step, a float32 0-d tensor."""
-        return torch.tensor(self._levels.final_alpha_bar, dtype=torch.float32)
+        with torch.inference_mode(False):
+            return torch.tensor(self._levels.final_alpha_bar, dtype=torch.float32)
 
     @property
     def timesteps(self) -> torch.Tensor:

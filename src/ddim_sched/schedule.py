@@ -43,10 +43,26 @@ def element_position(tensor: torch.Tensor, version: int, t: torch.Tensor) -> int
     return index if not remainder and 0 <= index < tensor.shape[0] else None
 
 
+def _ordinary(value: Any) -> Any:
+    """``value`` (a tensor, or a tuple or NamedTuple of them and of other values) with every tensor made
+    under ``torch.inference_mode()`` replaced by an ordinary copy: a cache filled during inference may
+    later serve a step that autograd records, and inference tensors cannot be saved for backward."""
+    if isinstance(value, torch.Tensor):
+        if not value.is_inference():
+            return value
+        with torch.inference_mode(False):
+            return value.clone()
+    if isinstance(value, tuple):
+        items = [_ordinary(item) for item in value]
+        return type(value)(*items) if hasattr(value, "_fields") else tuple(items)
+    return value
+
+
 class _LockedCache:
     """A small bounded mapping that threads may share: reads take no lock (a dict lookup is atomic),
     writes and evictions (oldest first) do. While torch.compile traces it is bypassed (the traced code
-    recomputes what it would hold, and dynamo cannot trace a lock)."""
+    recomputes what it would hold, and dynamo cannot trace a lock). What is stored under
+    ``torch.inference_mode()`` is stored as ordinary tensors (:func:`_ordinary`)."""
 
     def __init__(self, size: int) -> None:
         # (an OrderedDict: evicting the oldest entry of a plain dict again and again costs a scan past the
@@ -70,6 +86,8 @@ class _LockedCache:
     def put(self, key: Hashable, value: Any) -> Any:
         if is_compiling():
             return value
+        if torch.is_inference_mode_enabled():
+            value = _ordinary(value)
         with self._lock:
             self._items[key] = value
             while len(self._items) > self._size:

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from ._engine import compute_dtype
-from .arguments import is_compiling
+from .arguments import is_compiling, per_element_shape
 from .noise import Generator, randn
 from .validation import as_int, as_real, check_floating_tensor, check_real
 
@@ -85,14 +85,9 @@ def check_mu(mu: Any, time_shift_type: str) -> float:
 
 
 def check_aligned(name: str, value: torch.Tensor, sample: torch.Tensor) -> None:
-    """That a per-element tensor broadcasts over the sample from its leading dimensions."""
-    shape = tuple(value.shape)
-    if len(shape) > sample.dim() or any(n not in (1, m) for n, m in zip(shape, sample.shape, strict=False)):
-        raise ValueError(
-            f"{name} of shape {shape} does not broadcast over the sample's leading dimensions "
-            f"{tuple(sample.shape)}: each dimension must be 1 or the sample's (e.g. [B], or [B, 1, F, 1, 1] "
-            "for video latents [B, C, F, H, W])"
-        )
+    """That a per-element tensor broadcasts over the sample from its leading dimensions
+    (:func:`ddim_sched.arguments.per_element_shape`, the one rule for both schedulers)."""
+    per_element_shape(name, tuple(value.shape), tuple(sample.shape))
 
 
 def aligned(name: str, value: torch.Tensor, sample: torch.Tensor) -> torch.Tensor:

@@ -60,7 +60,8 @@ def flow_step_coefficients(
     row = step_coefficients(a_t, b_t, a_s, b_s, eta, "flow_prediction")
     if renoise:
         zero = 0.0 * row.eps_x
-        row = row._replace(
+        row = _with(
+            row,
             prev_x=a_s * row.x0_x,
             prev_m=a_s * row.x0_m,
             eps_x=zero,
@@ -70,10 +71,15 @@ def flow_step_coefficients(
             sigma=b_s + zero,
         )
     else:
-        row = row._replace(sigma=_minimum(row.sigma, b_s))
+        row = _with(row, sigma=_minimum(row.sigma, b_s))
     if inverted:
-        row = row._replace(x0_m=-row.x0_m, prev_m=-row.prev_m, eps_m=-row.eps_m)
+        row = _with(row, x0_m=-row.x0_m, prev_m=-row.prev_m, eps_m=-row.eps_m)
     return row
+
+
+def _with(row: StepCoefficients, **changes: Value) -> StepCoefficients:
+    """``row`` with some fields replaced (``NamedTuple._replace``, which dynamo in torch 2.6 cannot trace)."""
+    return StepCoefficients(*[changes.get(name, row[i]) for i, name in enumerate(StepCoefficients._fields)])
 
 
 def ve_ancestral_step(sigma_from: Value, sigma_to: Value, eta: Value = 1.0) -> tuple[Value, Value]:

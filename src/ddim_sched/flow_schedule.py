@@ -28,7 +28,7 @@ from .flow_arguments import (
 from .flow_config import FlowMatchDDIMConfig
 from .flow_sigmas import flow_sigmas
 from .flow_update import apply_step, flow_level, flow_step_coefficients, in_compute_dtype, ve_ancestral_step, ve_level
-from .schedule import PATTERN_CACHE_SIZE, ROW_CACHE_SIZE, _LockedCache, element_position
+from .schedule import PATTERN_CACHE_SIZE, ROW_CACHE_SIZE, _LockedCache, element_position, gather_rows, row_table
 from .update import StepCoefficients
 from .validation import check_floating_tensor, check_int
 
@@ -185,9 +185,8 @@ class FlowSchedule:
         table = self._rows.get(key)
         if table is None:
             rows = [self.row(i, eta) for i in range(len(self))]
-            table = self._rows.put(key, torch.tensor(rows, dtype=torch.float64).to(dtype).T.contiguous().to(device))
-        columns = table[:, torch.from_numpy(indices.reshape(-1)).to(device)]
-        return StepCoefficients(*columns.reshape((table.shape[0],) + indices.shape).unbind(0))
+            table = self._rows.put(key, row_table(rows, dtype, device))
+        return gather_rows(table, indices)
 
     def tables(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         """(timesteps, levels) as float64 tensors on ``device`` (float32 on MPS), copied there once."""

@@ -58,6 +58,18 @@ def _ordinary(value: Any) -> Any:
     return value
 
 
+def row_table(rows: list[StepCoefficients], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """[fields, N]: N host rows of float64 coefficients, cast once to ``dtype`` on ``device``."""
+    return torch.tensor(rows, dtype=torch.float64).to(dtype).T.contiguous().to(device)
+
+
+def gather_rows(table: torch.Tensor, index: np.ndarray) -> StepCoefficients:
+    """The rows of a :func:`row_table` at ``index`` (an integer array of any shape), as coefficients of
+    that shape."""
+    columns = table[:, torch.from_numpy(index.reshape(-1)).to(table.device)]
+    return StepCoefficients(*columns.reshape((table.shape[0],) + index.shape).unbind(0))
+
+
 class _LockedCache:
     """A small bounded mapping that threads may share: reads take no lock (a dict lookup is atomic),
     writes and evictions (oldest first) do. While torch.compile traces it is bypassed (the traced code
@@ -248,8 +260,7 @@ class Schedule:
         table = self._rows.get(key)
         if table is None:
             rows = [self.sampling_row(t, eta) for t in self._ascending]
-            table = torch.tensor(rows, dtype=torch.float64).to(dtype).T.contiguous().to(device)
-            table = self._rows.put(key, table)
+            table = self._rows.put(key, row_table(rows, dtype, device))
         return table
 
     def rows_of(self, t_from: torch.Tensor, t_to: torch.Tensor, eta: float | torch.Tensor) -> StepCoefficients:
@@ -272,9 +283,7 @@ class Schedule:
         if t_to is None:
             position = np.minimum(np.searchsorted(self._ascending_array, t_from), len(self._ascending) - 1)
             if np.array_equal(self._ascending_array[position], t_from):  # all visited: one gather
-                table = self._visited_table(eta, dtype, device)
-                index = torch.from_numpy(position.reshape(-1)).to(device)
-                return StepCoefficients(*table[:, index].reshape((table.shape[0],) + t_from.shape).unbind(0))
+                return gather_rows(self._visited_table(eta, dtype, device), position)
             distinct, inverse = np.unique(t_from, return_inverse=True)
             rows = [self.sampling_row(int(t), eta) for t in distinct]
             shape = t_from.shape
@@ -284,6 +293,4 @@ class Schedule:
             distinct, inverse = np.unique(pairs, axis=0, return_inverse=True)
             rows = [self.row(int(a), int(b), eta) for a, b in distinct]
             shape = t_from.shape
-        table = torch.tensor(rows, dtype=torch.float64).to(dtype).T.contiguous()  # [fields, distinct]
-        columns = table[:, torch.from_numpy(inverse.reshape(-1))].reshape((table.shape[0],) + shape)
-        return StepCoefficients(*columns.to(device).unbind(0))
+        return gather_rows(row_table(rows, dtype, device), inverse.reshape(shape))

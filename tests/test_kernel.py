@@ -213,14 +213,15 @@ def test_inputs_the_fused_path_cannot_take_fall_back_correctly(layout):
 def test_half_inputs_are_computed_in_float32_and_returned_in_their_dtype(dtype, clip):
     x, m, z = _inputs((2, 4, 16, 16), dtype)
     prev_ref, x0_ref = reference_step(m, x, 0.9991, 0.9999, 1.0, "epsilon", clip, True, z)
-    prev, x0 = _all_paths(m, x, 0.9991, 0.9999, 1.0, "epsilon", clip, True, z)["host"]
-    assert prev.dtype == x0.dtype == dtype
-    # float32 arithmetic: each output element is the float64 result rounded once (within 1 ulp of
-    # the half type); half-precision arithmetic would round every intermediate.
-    ulp = torch.finfo(dtype).eps
-    for out, ref in ((prev, prev_ref), (x0, x0_ref)):
-        err = (out.double() - ref).abs()
-        assert bool((err <= ulp * ref.abs() + torch.finfo(dtype).tiny).all()), float((err / ref.abs()).max())
+    # Every path: host floats (the CPU's), a tensor row and [B] rows (what an accelerator takes).
+    for path, (prev, x0) in _all_paths(m, x, 0.9991, 0.9999, 1.0, "epsilon", clip, True, z).items():
+        assert prev.dtype == x0.dtype == dtype, path
+        # float32 arithmetic: each output element is the float64 result rounded once (within 1 ulp of
+        # the half type); half-precision arithmetic would round every intermediate.
+        ulp = torch.finfo(dtype).eps
+        for out, ref in ((prev, prev_ref), (x0, x0_ref)):
+            err = (out.double() - ref).abs()
+            assert bool((err <= ulp * ref.abs() + torch.finfo(dtype).tiny).all()), (path, float((err / ref.abs()).max()))
 
 
 def test_half_inputs_beat_half_precision_arithmetic():

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ._engine import compute_dtype, takes_host_weights
+from ._engine import compute_dtype, device_row, takes_host_weights
 from .arguments import is_compiling, pattern_key
 from .flow_arguments import (
     aligned,
@@ -167,15 +167,12 @@ class FlowSchedule:
         return row
 
     def device_row(self, index: int, eta: float, dtype: torch.dtype, device: torch.device) -> StepCoefficients:
-        """:meth:`row` as 0-d tensors of ``dtype`` on ``device``, copied there once and cached (so a warmed-up
-        loop copies nothing and can be captured in a CUDA graph)."""
+        """:meth:`row` as tensors [1] of ``dtype`` on ``device`` (:func:`~ddim_sched._engine.device_row`),
+        copied there once and cached (so a warmed-up loop copies nothing and can be captured in a CUDA graph)."""
         key = ("device", index, eta, dtype, str(device))
         row = self._rows.get(key)
         if row is None:
-            values = torch.tensor(self.row(index, eta), dtype=dtype)
-            if device.type == "cuda" and not is_compiling():
-                values = values.pin_memory().to(device, non_blocking=True)
-            row = self._rows.put(key, StepCoefficients(*values.to(device).unbind()))
+            row = self._rows.put(key, StepCoefficients(*device_row(self.row(index, eta), dtype, device)))
         return row
 
     def rows_at(self, indices: np.ndarray, eta: float, dtype: torch.dtype, device: torch.device) -> StepCoefficients:

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ._engine import device_row
 from .arguments import is_compiling
 from .spacing import step_target, step_targets
 from .update import StepCoefficients, step_coefficients, vp_level
@@ -241,16 +242,13 @@ class Schedule:
     def device_row(
         self, t_from: int, t_to: int, eta: float, dtype: torch.dtype, device: torch.device
     ) -> StepCoefficients:
-        """:meth:`row` as 0-d tensors of ``dtype`` on ``device``, copied there once (through pinned memory,
-        without blocking, on CUDA) and cached: later steps from the same timestep copy nothing, so a loop
+        """:meth:`row` as tensors [1] of ``dtype`` on ``device`` (:func:`~ddim_sched._engine.device_row`),
+        copied there once and cached: later steps from the same timestep copy nothing, so a loop
         warmed up once can be captured in a CUDA graph."""
         key = ("device", t_from, t_to, eta, dtype, str(device))
         row = self._rows.get(key)
         if row is None:
-            values = torch.tensor(self.row(t_from, t_to, eta), dtype=dtype)
-            if device.type == "cuda" and not is_compiling():
-                values = values.pin_memory().to(device, non_blocking=True)
-            row = self._rows.put(key, StepCoefficients(*values.to(device).unbind()))
+            row = self._rows.put(key, StepCoefficients(*device_row(self.row(t_from, t_to, eta), dtype, device)))
         return row
 
     def _visited_table(self, eta: float, dtype: torch.dtype, device: torch.device) -> torch.Tensor:

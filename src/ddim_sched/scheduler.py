@@ -229,9 +229,13 @@ class DDIMScheduler(DDIMSchedulerBase):
         coefficients: StepCoefficients
         if (  # the common case: one host timestep with ᾱ > 0, a float η
             type(timestep) is int and prev_timestep is None and isinstance(eta, float)
-            and 0 <= timestep < self._levels.first_zero and takes_host_weights(model_output, sample)
+            and 0 <= timestep < self._levels.first_zero
         ):
-            coefficients = schedule.sampling_row(timestep, eta)
+            if takes_host_weights(model_output, sample):
+                coefficients = schedule.sampling_row(timestep, eta)
+            else:  # e.g. half precision on an accelerator: the row the schedule keeps on the device
+                dtype = compute_dtype(sample.dtype)
+                coefficients = schedule.device_row(timestep, schedule.target(timestep), eta, dtype, sample.device)
         else:
             coefficients = self._step_coefficients(schedule, timestep, prev_timestep, eta, model_output, sample)
         stochastic = type(eta) is not float or eta > 0.0 or variance_noise is not None

@@ -185,6 +185,26 @@ def test_first_step_from_a_clean_sample_uses_initial_alpha():
     assert torch.equal(prev, out.prev_sample) and torch.equal(x0, out.pred_original_sample)
 
 
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda cls: cls(),
+        lambda cls: cls(timestep_spacing="trailing", clip_sample=False),
+        lambda cls: cls.from_config(DDIMScheduler(beta_schedule="scaled_linear", steps_offset=1).config),
+    ],
+    ids=["defaults", "options", "from_a_ddim_config"],
+)
+def test_config_shows_the_keys_diffusers_inverse_scheduler_shows(make, tmp_path, warnings_logged):
+    """The config (and so scheduler_config.json) holds diffusers' inverse-scheduler keys, not the forward
+    scheduler's thresholding options at their defaults, which diffusers warns about on loading."""
+    ours, reference = make(DDIMInverseScheduler), make(DiffusersInverse)
+    assert {k for k in ours.config if not k.startswith("_")} == {k for k in reference.config if not k.startswith("_")}
+    assert sorted(ours.config.get("_use_default_values", [])) == sorted(reference.config.get("_use_default_values", []))
+    ours.save_pretrained(tmp_path)
+    DiffusersInverse.from_pretrained(tmp_path)
+    assert [r.getMessage() for r in warnings_logged()] == []
+
+
 def test_save_and_load_with_diffusers(tmp_path):
     ours = DDIMInverseScheduler(timestep_spacing="trailing", set_alpha_to_one=False, clip_sample=False)
     ours.save_pretrained(tmp_path)

@@ -135,6 +135,12 @@ class ConfigSurface:
         fields = ", ".join(f"{k}={v!r}" for k, v in self._config.to_dict().items() if k != "trained_betas")
         return f"{type(self).__name__}({fields})"
 
+    @classmethod
+    def _visible_fields(cls) -> tuple[str, ...]:
+        """The fields the config shows even at their defaults: the class's own ``visible_fields`` where it sets
+        them (the inverse scheduler shows diffusers' inverse subset), else its config class's."""
+        return getattr(cls, "visible_fields", cls.config_class.visible_fields)
+
     def _init_config(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         """Construct the config from the constructor's arguments; note the fields left at their defaults."""
         fields = self.config_class.field_names()
@@ -142,7 +148,7 @@ class ConfigSurface:
         if len(args) > len(fields):
             raise TypeError(f"{type(self).__name__} takes at most {len(fields)} positional arguments; got {len(args)}")
         given = set(fields[: len(args)]) | set(kwargs)
-        defaults = [f for f in self.config_class.visible_fields if f not in given]
+        defaults = [f for f in self._visible_fields() if f not in given]
         self._extras = {_USE_DEFAULTS: defaults} if defaults else {}
         self._extras.update(private)
         self._set_config(self.config_class(*args, **kwargs))
@@ -153,7 +159,7 @@ class ConfigSurface:
     def config(self) -> FrozenConfig:
         """The configuration as a read-only dict with attribute access (diffusers' ``FrozenDict``)."""
         values = self._config.to_dict()
-        visible = self.config_class.visible_fields
+        visible = self._visible_fields()
         defaults = self.config_class.defaults()
         shown = {k: v for k, v in values.items() if k in visible or v != defaults[k]}
         hidden = {k: v for k, v in values.items() if k not in shown}

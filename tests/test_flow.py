@@ -140,14 +140,16 @@ def test_eta_zero_loop_equals_diffusers_euler(parity):
            rtol=EULER_STEP_RTOL)  # fmt: skip
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("config", [{}, {"shift": 3.0}])
-def test_stochastic_sampling_equals_diffusers(config):
-    # The re-noise end: x_s = (1 − σ_s)·x̂0 + σ_s·z with the noise drawn from the same generator.
+def test_stochastic_sampling_equals_diffusers(config, dtype):
+    # The re-noise end: x_s = (1 − σ_s)·x̂0 + σ_s·z with the noise drawn from the same generator (diffusers
+    # draws it in float32 for any sample dtype).
     ours = FlowMatchDDIMScheduler(stochastic_sampling=True, **config)
     theirs = diffusers_flow(stochastic_sampling=True, **config)
     ours.set_timesteps(12)
     theirs.set_timesteps(12)
-    x = y = tensors((2, 4, 8, 8), 1, count=1)[0]
+    x = y = tensors((2, 4, 8, 8), 1, count=1)[0].to(dtype)
     g_ours, g_theirs = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
     for t in ours.timesteps:
         x = ours.step(velocity_model(x, t), t, x, generator=g_ours).prev_sample

@@ -135,8 +135,9 @@ def eta_value(eta: Any, sample: torch.Tensor) -> float | torch.Tensor:
 def step_noise(
     stochastic: bool, sample: torch.Tensor, generator: Generator, variance_noise: Any
 ) -> torch.Tensor | None:
-    """z for a step: the given ``variance_noise`` (checked), or drawn as diffusers' ``randn_tensor`` draws it
-    in the compute dtype (as its flow scheduler does); None for a deterministic step."""
+    """z for a step: the given ``variance_noise`` (checked), or drawn as diffusers' flow scheduler draws it
+    (``randn_tensor`` in float32, whatever the sample's dtype: it steps a float32 copy) and given the
+    compute dtype; None for a deterministic step."""
     if generator is not None and variance_noise is not None:
         raise ValueError("pass either generator or variance_noise, not both")
     if variance_noise is not None:
@@ -146,4 +147,6 @@ def step_noise(
                 f"variance_noise must have the sample's shape {tuple(sample.shape)}; got {tuple(variance_noise.shape)}"
             )
         return variance_noise.to(sample.device) if stochastic else None
-    return randn(sample.shape, generator, sample.device, compute_dtype(sample.dtype)) if stochastic else None
+    if not stochastic:
+        return None
+    return randn(sample.shape, generator, sample.device, torch.float32).to(compute_dtype(sample.dtype))

@@ -416,6 +416,9 @@ def test_predictions_and_forward_process():
     t = ours.timesteps[torch.tensor([0, 4, 9])]
     noisy = ours.scale_noise(x0, t, eps)
     assert rel_l2(noisy, theirs.scale_noise(x0, t, eps)) <= EXACT_RTOL[torch.float32]
+    # One noise for the batch broadcasts, as in diffusers.
+    shared = ours.scale_noise(x0, t, eps[:1])
+    assert shared.shape == x0.shape and rel_l2(shared, theirs.scale_noise(x0, t, eps[:1])) <= EXACT_RTOL[torch.float32]
     for i in range(3):
         x0_hat, eps_hat = ours.predict_x0_eps((eps - x0)[i : i + 1], float(t[i]), noisy[i : i + 1])
         assert rel_l2(x0_hat, x0[i : i + 1]) <= 1e-5 and (i == 0 or rel_l2(eps_hat, eps[i : i + 1]) <= 1e-5)

@@ -467,6 +467,24 @@ def test_add_noise_and_get_velocity_match_diffusers(case, data):
             check_against(f"{name} (diffusers in float32)", dtype, got.float(), in_float32, truth, rtol, rtol)
 
 
+@pytest.mark.parametrize("shapes", [((3, 4, 8, 8), (1, 4, 8, 8)), ((1, 4, 8, 8), (3, 4, 8, 8)), ((3, 4, 8, 8), (4, 8, 8))])
+def test_forward_process_broadcasts_samples_and_noise_as_diffusers_does(shapes):
+    """One noise for a batch (or one sample for many noises): add_noise and get_velocity broadcast as
+    diffusers' do, to the same shape and values; shapes that do not broadcast are a ValueError naming both."""
+    config = dict(beta_schedule="scaled_linear")
+    ours, reference = DDIMScheduler(**config), diffusers_scheduler(config)
+    g = torch.Generator().manual_seed(0)
+    x0, noise = (torch.randn(shape, generator=g) for shape in shapes)
+    timesteps = torch.tensor([10, 500, 990])
+    for name in ("add_noise", "get_velocity"):
+        got = getattr(ours, name)(x0, noise, timesteps)
+        expected = getattr(reference, name)(x0, noise, timesteps)
+        assert got.shape == expected.shape == (3, 4, 8, 8)
+        assert rel_l2(got, expected) <= FORWARD_RTOL[torch.float32], name
+    with pytest.raises(ValueError, match=r"original_samples and noise .*\(3, 4, 8, 8\) and \(2, 4, 8, 8\)"):
+        ours.add_noise(torch.zeros(3, 4, 8, 8), torch.zeros(2, 4, 8, 8), timesteps)
+
+
 # --------------------------------------------------------------------------------------- noise
 
 

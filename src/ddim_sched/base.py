@@ -44,6 +44,28 @@ def _check_pair(first: str, a: Any, second: str, b: Any) -> None:
         raise ValueError(f"{first} must have a batch dimension; got a 0-d tensor")
 
 
+def _broadcast_pair(first: str, a: Any, second: str, b: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """Both floating tensors with a batch dimension, of one shape or shapes that broadcast to one (as the
+    forward process in diffusers takes them: one noise for a batch, say), expanded to it without copying."""
+    if type(a) is torch.Tensor and type(b) is torch.Tensor and a.shape == b.shape and a.dim():
+        _check_pair(first, a, second, b)
+        return a, b
+    check_floating_tensor(first, a)
+    check_floating_tensor(second, b)
+    if a.dim() == 0 or b.dim() == 0:
+        shapes = f"{tuple(a.shape)} and {tuple(b.shape)}"
+        raise ValueError(f"{first} and {second} must have a batch dimension; got shapes {shapes}")
+    try:
+        torch.broadcast_shapes(a.shape, b.shape)
+    except RuntimeError:
+        raise ValueError(
+            f"{first} and {second} must have one shape or shapes that broadcast to one; got {tuple(a.shape)} and "
+            f"{tuple(b.shape)}"
+        ) from None
+    expanded_a, expanded_b = torch.broadcast_tensors(a, b)
+    return expanded_a, expanded_b
+
+
 class DDIMSchedulerBase(StepProgress, ConfigSurface, SchedulerMixin):
     """The shared shell of the DDIM schedulers; see :class:`ddim_sched.DDIMScheduler`."""
 
@@ -323,16 +345,17 @@ class DDIMSchedulerBase(StepProgress, ConfigSurface, SchedulerMixin):
 
         Args:
             original_samples: x0, [B, ...], floating.
-            noise: ε, same shape.
+            noise: ε, the same shape or one that broadcasts with it (one noise for the batch: [1, ...]).
             timesteps: An int, a 0-d tensor, or a [B] integer tensor (one per sample), any device.
 
         Returns:
-            x_t in the samples' dtype, computed in at least float32. The scheduler is not modified.
+            x_t in the samples' dtype and the broadcast shape, computed in at least float32. The scheduler is
+            not modified.
 
         Raises:
-            TypeError, ValueError: Non-floating tensors, shapes that differ, bad timesteps.
+            TypeError, ValueError: Non-floating tensors, shapes that do not broadcast, bad timesteps.
         """
-        _check_pair("original_samples", original_samples, "noise", noise)
+        original_samples, noise = _broadcast_pair("original_samples", original_samples, "noise", noise)
         return self._combine(original_samples, noise, timesteps, velocity=False)
 
     def get_velocity(self, sample: torch.Tensor, noise: torch.Tensor, timesteps: Any) -> torch.Tensor:
@@ -340,13 +363,14 @@ class DDIMSchedulerBase(StepProgress, ConfigSurface, SchedulerMixin):
 
         Args:
             sample: x0, [B, ...], floating.
-            noise: ε, same shape.
+            noise: ε, the same shape or one that broadcasts with it.
             timesteps: An int, a 0-d tensor, or a [B] integer tensor.
 
         Returns:
-            v in the sample's dtype, computed in at least float32. The scheduler is not modified.
+            v in the sample's dtype and the broadcast shape, computed in at least float32. The scheduler is not
+            modified.
         """
-        _check_pair("sample", sample, "noise", noise)
+        sample, noise = _broadcast_pair("sample", sample, "noise", noise)
         return self._combine(sample, noise, timesteps, velocity=True)
 
     def scale_model_input(self, sample: torch.Tensor, timestep: Any = None) -> torch.Tensor:

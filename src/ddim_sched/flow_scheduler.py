@@ -18,7 +18,7 @@ import torch
 
 from ._diffusers import SchedulerMixin
 from ._engine import compute_dtype
-from .base import _check_pair
+from .base import _broadcast_pair, _check_pair
 from .diffusers_config import ConfigSurface
 from .flow_arguments import check_timestep_type, eta_value, step_noise
 from .flow_config import FlowMatchDDIMConfig
@@ -353,15 +353,17 @@ class FlowMatchDDIMScheduler(StepProgress, ConfigSurface, SchedulerMixin):
             sample: x0, [B, ...], floating.
             timestep: An element of :attr:`timesteps` (float or tensor), or a tensor that broadcasts over the
                 sample's leading dimensions ([B], one per sample).
-            noise: ε, the sample's shape.
+            noise: ε, the sample's shape or one that broadcasts with it.
 
         Returns:
-            x_σ in the sample's dtype, computed in at least float32. The scheduler is not modified.
+            x_σ in the sample's dtype and the broadcast shape, computed in at least float32. The scheduler is
+            not modified.
 
         Raises:
-            TypeError, ValueError: Non-floating tensors, shapes that differ, a timestep not in the schedule.
+            TypeError, ValueError: Non-floating tensors, shapes that do not broadcast, a timestep not in the
+                schedule.
         """
-        _check_pair("sample", sample, "noise", noise)
+        sample, noise = _broadcast_pair("sample", sample, "noise", noise)
         sigma = (self._schedule or self._training).sigma_at(timestep, sample)
         dtype = compute_dtype(sample.dtype)
         return ((1 - sigma) * sample.to(dtype) + sigma * noise.to(dtype)).to(sample.dtype)

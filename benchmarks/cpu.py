@@ -129,6 +129,39 @@ def per_frame_row(scheduler, t_scalar, rounds: int, name: str) -> tuple[float, f
     return per_frame, scalar
 
 
+def device_row_case(rounds: int) -> None:
+    """The path half precision takes on an accelerator: weights as the schedule's cached tensor row, applied
+    by ops that read the half inputs directly. On an accelerator eager steps are bound by host work (per-op
+    dispatch and Python), which the CPU shows on 1-element latents. Two ways to reach the path here: a float16
+    model output with a float32 sample (the CPU takes the row for it too), and float16 inputs sent down the
+    accelerator's branch (the CPU's own choice for them, converting once to float32, patched out). Ratios are
+    to the float32 step (host floats) on the same latents."""
+    from unittest import mock
+
+    import ddim_sched._engine as engine
+    import ddim_sched.scheduler as scheduler_module
+
+    def accelerator_choice(model_output, sample):
+        return model_output.dtype == sample.dtype and sample.dtype in (torch.float32, torch.float64)
+
+    _, ours = schedulers("off")
+    t = int(ours.timesteps[25])
+    print("\n| tensor-row step | latents | fp32 step µs | tensor-row step µs | ratio |\n|---|---|---|---|---|")
+    for shape in ((1, 1, 1, 1), SMALL):
+        x, m, _ = inputs(shape, torch.float32)
+        x16, m16 = x.half(), m.half()
+        timer = Timer(rounds=rounds)
+        with mock.patch.object(engine, "takes_host_weights", accelerator_choice), mock.patch.object(
+            scheduler_module, "takes_host_weights", accelerator_choice
+        ):
+            timer.run({"fp32": lambda: ours.step(m, t, x), "forced": lambda: ours.step(m16, t, x16)})
+        timer.run({"mixed": lambda: ours.step(m16, t, x)})
+        fp32 = timer.best("fp32")
+        for name, label in (("mixed", "fp16 model output, fp32 sample"), ("forced", "fp16, the accelerator's branch")):
+            row = timer.best(name)
+            print(f"| {label} | {'×'.join(map(str, shape))} | {fmt_us(fp32)} | {fmt_us(row)} | {row / fp32:.2f} |")
+
+
 def flow_rows(rounds: int) -> list[tuple[str, float, bool]]:
     """Print the flow-matching table and per-frame row; return the targets (name, measured ratio, met)."""
     print("\n" + FLOW_HEADER + "\n|---|---|---|---|---|---|---|")
@@ -214,6 +247,8 @@ def main() -> None:
     # Per-frame timesteps: video latents [1, 4, 16, 64, 64], 16 frames at 16 timesteps in one call. A FIFO
     # queue repeats one pattern every call; "new pattern" cycles through 200 (more than a schedule keeps).
     per_frame, frame_scalar = per_frame_row(schedulers("off")[1], t_scalar, rounds, "DDIMScheduler")
+
+    device_row_case(rounds)
 
     # out=sample: x_prev written in place. v-prediction keeps repeated in-place steps bounded.
     import ddim_sched

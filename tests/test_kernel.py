@@ -13,6 +13,8 @@ from hypothesis import strategies as st
 
 from ddim_sched import DDIMScheduler, _engine, kernel
 from ddim_sched.kernel import COLUMN, ddim_coefficients, ddim_step
+from ddim_sched.thresholding import X0Clip
+from ddim_sched.update import StepCoefficients
 from tests.oracle import closed_form_step as reference_step
 from tests.tolerances import EXACT_RTOL, PARITY_RTOL, rel_l2
 
@@ -91,14 +93,19 @@ def _inputs(shape, dtype, seed=0):
 
 
 def _all_paths(m, x, a_t, a_prev, eta, prediction_type, clip, use_clipped, noise):
-    """ddim_step through host scalars, a [K] tensor and [B] rows of one coefficient row."""
+    """ddim_step through host scalars, a [K] tensor and [B] rows of one coefficient row, and the engine through
+    a schedule's cached device row (the path half precision takes on an accelerator)."""
     c64 = ddim_coefficients(torch.tensor(a_t, dtype=torch.float64), torch.tensor(a_prev, dtype=torch.float64), eta, prediction_type)
     compute = torch.float64 if x.dtype == torch.float64 else torch.float32
     kw = dict(clip=clip, use_clipped_model_output=use_clipped, noise=noise, dynamic_thresholding_ratio=0.9, sample_max_value=3.0)
+    levels = (float("nan"),) * (len(StepCoefficients._fields) - len(c64))  # not read by the engine
+    device_row = _engine.device_row(StepCoefficients(*c64.tolist(), *levels), compute, x.device)
+    bounds = X0Clip(clip, 1.0, 0.9, 3.0)
     return {
         "host": ddim_step(m, x, c64.tolist(), prediction_type, **kw),
         "row": ddim_step(m, x, c64.to(compute), prediction_type, **kw),
         "rows": ddim_step(m, x, c64.to(compute).expand(x.shape[0], -1), prediction_type, **kw),
+        "device row": _engine.fused_step(m, x, device_row, prediction_type, bounds, use_clipped, noise),
     }
 
 

@@ -16,7 +16,10 @@ Two ways to apply the weights:
 * tensor weights ([B] per sample, or a row for the batch; per-sample timesteps, η tensors, device
   timesteps): one multiply and one in-place ``addcmul_`` per further term, in the compute dtype, for any
   layout (strided, expanded, sliced); the last op writes the output dtype directly. Host weights for
-  inputs the first way cannot take become such a row.
+  inputs the first way cannot take become such a row. A schedule's cached device row (:class:`DeviceRow`,
+  what half precision takes on an accelerator) also stacks each tensor's x_s and x̂0 weights: without a
+  bound on x̂0 and without ``out=``, both outputs are the halves of one [2, ...] result of one multiply and
+  one fused multiply-add per further term, half the passes.
 
 Dtype rule: arithmetic in float64 for float64 samples and in float32 otherwise; outputs in the sample's dtype.
 """
@@ -195,27 +198,95 @@ def _host_step(
     return prev, x0
 
 
-def device_row(row: Sequence[Any], dtype: torch.dtype, device: torch.device) -> list[torch.Tensor]:
+class DeviceRow(StepCoefficients):
+    """A step's coefficients as one-element tensors [1] on a device (:func:`device_row`), which also serve each
+    tensor's x_s and x̂0 weights as a stacked pair, so that both outputs come from one multiply and one
+    fused multiply-add per further term (:func:`_paired_step`)."""
+
+    def pair(self, prev: int, x0: int, ndim: int) -> torch.Tensor:
+        """[2, 1, ..., 1] (``ndim`` ones): the weights at fields ``prev`` and ``x0``, stacked once and kept."""
+        key = (prev, x0, ndim)
+        pairs = self.__dict__.setdefault("_pairs", {})
+        pair = pairs.get(key)
+        if pair is None:
+            with torch.inference_mode(False):
+                pair = torch.cat([cast(torch.Tensor, self[prev]), cast(torch.Tensor, self[x0])])
+                pair = pair.reshape((2,) + (1,) * ndim)
+            pairs[key] = pair
+        return pair
+
+
+def _columns(values: Sequence[Any], dtype: torch.dtype, device: torch.device) -> list[torch.Tensor]:
     """Host floats as one-element tensors [1] of ``dtype`` on ``device``, in one copy (through pinned memory
     and without blocking on CUDA). Shaped [1] rather than [], they broadcast over a sample and promote a
     half-precision one to the compute dtype with no reshape per step."""
-    values = torch.tensor([float(w) for w in row], dtype=dtype)
+    row = torch.tensor([float(w) for w in values], dtype=dtype)
     if device.type == "cuda" and not _compiling():
-        values = values.pin_memory().to(device, non_blocking=True)
-    return list(values.to(device).reshape(-1, 1).unbind())
+        row = row.pin_memory().to(device, non_blocking=True)
+    return list(row.to(device).reshape(-1, 1).unbind())
 
 
-def _device_row(weights: StepCoefficients, like: torch.Tensor) -> StepCoefficients:
-    """Host weights as :func:`device_row` tensors of the compute dtype on ``like``'s device (the levels that
-    follow them stay host floats)."""
-    columns = device_row(weights[: len(WEIGHTS)], compute_dtype(like.dtype), like.device)
-    return StepCoefficients(*columns, *weights[len(WEIGHTS) :])
+def device_row(row: StepCoefficients, dtype: torch.dtype, device: torch.device) -> DeviceRow:
+    """A host row of coefficients as one-element tensors [1] of ``dtype`` on ``device`` (one copy)."""
+    return DeviceRow(*_columns(row, dtype, device))
+
+
+def _device_row(weights: StepCoefficients, like: torch.Tensor) -> DeviceRow:
+    """Host weights as tensors of the compute dtype on ``like``'s device (the levels that follow them stay
+    host floats)."""
+    columns = _columns(weights[: len(WEIGHTS)], compute_dtype(like.dtype), like.device)
+    return DeviceRow(*columns, *weights[len(WEIGHTS) :])
+
+
+@functools.cache
+def _pairing(terms: tuple[Terms, Terms]) -> tuple[tuple[tuple[int, int, int], ...], Terms] | None:
+    """Where x̂0 and x_s combine the same tensors in the same order (x_s may add the noise): per tensor, its
+    (x_s weight, x̂0 weight, tensor), then x_s's further terms. None otherwise."""
+    x0_terms, prev_terms = terms
+    shared, extra = prev_terms[: len(x0_terms)], prev_terms[len(x0_terms) :]
+    if not x0_terms or [s for _, s in x0_terms] != [s for _, s in shared] or any(s != _Z for _, s in extra):
+        return None
+    return tuple((j, k, s) for (j, s), (k, _) in zip(shared, x0_terms, strict=True)), extra
+
+
+def _paired_step(
+    weights: DeviceRow, sources: list[Any], terms: tuple[Terms, Terms]
+) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """(x_s, x̂0) of an unclipped step whose outputs combine the same tensors (:func:`_pairing`), as the two
+    halves of one [2, ...] result: a multiply and a fused multiply-add per further term in the compute dtype,
+    the last one writing the output dtype. x_s is the first half, where the allocation starts. None for
+    other terms."""
+    plan = _pairing(terms)
+    if plan is None:
+        return None
+    (j, k, s), *rest = plan[0]
+    ndim, out_dtype = sources[_X].dim(), sources[_X].dtype
+    partial = torch.mul(sources[s], weights.pair(j, k, ndim))
+    for j, s in plan[1]:  # the noise, into x_s alone
+        partial[0].addcmul_(sources[s], as_column(cast(torch.Tensor, weights[j]), ndim))
+    if rest:
+        *middle, (j, k, s) = rest
+        for jm, km, sm in middle:
+            partial.addcmul_(sources[sm], weights.pair(jm, km, ndim))
+        last = weights.pair(j, k, ndim)
+        if partial.dtype == out_dtype:
+            partial.addcmul_(sources[s], last)
+        else:
+            partial = torch.addcmul(partial, sources[s], last, out=torch.empty_like(partial, dtype=out_dtype))
+    elif partial.dtype != out_dtype:
+        partial = partial.to(out_dtype)
+    prev, x0 = partial.unbind(0)
+    return prev, x0
 
 
 def _tensor_step(
     weights: StepCoefficients, sources: list[Any], terms: tuple[Terms, Terms], clip: X0Clip, out: torch.Tensor | None
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Tensor weights (any layout): a multiply and an in-place addcmul_ per further term (no x̂0 without its terms)."""
+    if out is None and not clip.active and isinstance(weights, DeviceRow) and not _compiling():
+        paired = _paired_step(weights, sources, terms)
+        if paired is not None:
+            return paired
     ndim, out_dtype = sources[_X].dim(), sources[_X].dtype
 
     def weighted(terms: Terms) -> list[tuple[torch.Tensor, torch.Tensor]]:

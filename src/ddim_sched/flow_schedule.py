@@ -172,7 +172,7 @@ class FlowSchedule:
         key = ("device", index, eta, dtype, str(device))
         row = self._rows.get(key)
         if row is None:
-            row = self._rows.put(key, StepCoefficients(*device_row(self.row(index, eta), dtype, device)))
+            row = self._rows.put(key, device_row(self.row(index, eta), dtype, device))
         return row
 
     def rows_at(self, indices: np.ndarray, eta: float, dtype: torch.dtype, device: torch.device) -> StepCoefficients:

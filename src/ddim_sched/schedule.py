@@ -248,7 +248,7 @@ class Schedule:
         key = ("device", t_from, t_to, eta, dtype, str(device))
         row = self._rows.get(key)
         if row is None:
-            row = self._rows.put(key, StepCoefficients(*device_row(self.row(t_from, t_to, eta), dtype, device)))
+            row = self._rows.put(key, device_row(self.row(t_from, t_to, eta), dtype, device))
         return row
 
     def _visited_table(self, eta: float, dtype: torch.dtype, device: torch.device) -> torch.Tensor:

@@ -138,8 +138,8 @@ def device_row_case(rounds: int) -> None:
     to the float32 step (host floats) on the same latents."""
     from unittest import mock
 
-    import ddim_sched._engine as engine
-    import ddim_sched.scheduler as scheduler_module
+    import ddim_sched.core._fused as engine
+    import ddim_sched.ddim.scheduler as scheduler_module
 
     def accelerator_choice(model_output, sample):
         return model_output.dtype == sample.dtype and sample.dtype in (torch.float32, torch.float64)

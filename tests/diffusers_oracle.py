@@ -15,7 +15,7 @@ import torch
 from diffusers.schedulers.scheduling_ddim import rescale_zero_terminal_snr
 from diffusers.utils.torch_utils import randn_tensor
 
-from ddim_sched.config import DIFFUSERS_FIELDS
+from ddim_sched.ddim.config import DIFFUSERS_FIELDS
 from tests.oracle import dummy_model  # re-exported: the tests' one dummy model
 
 # diffusers logs through its own logger; keep the test output readable.

@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from ddim_sched import DDIMScheduler, cli
+from ddim_sched import DDIMScheduler
+from ddim_sched.cli import commands as cli
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 HAVE_MATPLOTLIB = importlib.util.find_spec("matplotlib") is not None

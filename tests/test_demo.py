@@ -11,7 +11,7 @@ import torch
 
 import ddim_sched
 from ddim_sched import DDIMScheduler, demo
-from ddim_sched.demo import common, figures, gaussian, mixture, roundtrip, schedule
+from ddim_sched.demo import common, figures, gaussian, mixture, roundtrip, schedule_table
 from ddim_sched.demo.common import DemoSettings
 from ddim_sched.demo.paper import PAPER_ETAS, PAPER_STEPS
 from ddim_sched.demo.progress import Progress
@@ -225,7 +225,7 @@ def test_schedule_sigma_is_the_schedulers_own_noise_coefficient(config):
     # The σ the scheduler's step multiplies its noise by, read with unit inputs, at eta = 0.7.
     scheduler = DDIMScheduler(**config)
     scheduler.set_timesteps(10)
-    for row in schedule.schedule_rows(scheduler, 0.7):
+    for row in schedule_table.schedule_rows(scheduler, 0.7):
         eye = torch.eye(3, dtype=torch.float64)
         prev = scheduler.step(eye[:, 1:2], row["t"], eye[:, 0:1], eta=0.7, variance_noise=eye[:, 2:3]).prev_sample
         assert row["sigma_step"] == pytest.approx(float(prev[2]), rel=1e-9, abs=1e-12)
@@ -233,5 +233,5 @@ def test_schedule_sigma_is_the_schedulers_own_noise_coefficient(config):
 
 
 def test_step_sigma_is_zero_where_the_step_does_not_denoise():
-    assert schedule.step_sigma(0.5, 0.5, 1.0) == 0.0 and schedule.step_sigma(0.6, 0.5, 1.0) == 0.0
-    assert schedule.step_sigma(0.0, 0.36, 1.0) == pytest.approx(0.8)  # zero SNR: σ² = 1 − ᾱ_prev
+    assert schedule_table.step_sigma(0.5, 0.5, 1.0) == 0.0 and schedule_table.step_sigma(0.6, 0.5, 1.0) == 0.0
+    assert schedule_table.step_sigma(0.0, 0.36, 1.0) == pytest.approx(0.8)  # zero SNR: σ² = 1 − ᾱ_prev

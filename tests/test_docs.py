@@ -14,8 +14,8 @@ its fence — blank lines in between are allowed:
 from __future__ import annotations
 
 import doctest
-import importlib
 import functools
+import importlib
 import inspect
 import pkgutil
 import re

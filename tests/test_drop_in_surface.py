@@ -151,14 +151,14 @@ def test_without_diffusers_the_package_works_and_saves(tmp_path):
 import sys
 sys.modules["diffusers"] = None  # import diffusers -> ImportError
 import torch, ddim_sched
-assert ddim_sched.SchedulerMixin.__module__ == "ddim_sched._diffusers", ddim_sched.SchedulerMixin
+assert ddim_sched.SchedulerMixin.__module__ == "ddim_sched.compat.scheduler_mixin", ddim_sched.SchedulerMixin
 s = ddim_sched.DDIMScheduler(clip_sample=False)
 s.set_timesteps(10)
 x = torch.randn(1, 4)
 assert torch.isfinite(s.step(x, 901, x).prev_sample).all()
 s.save_pretrained({str(tmp_path)!r})
 assert ddim_sched.DDIMScheduler.from_pretrained({str(tmp_path)!r}).ddim_config == s.ddim_config
-print(ddim_sched._diffusers.DIFFUSERS_INTEGRATION)
+print(ddim_sched.compat.scheduler_mixin.DIFFUSERS_INTEGRATION)
 """
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr

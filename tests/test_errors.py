@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from ddim_sched import ConfigFileNotFoundError, DDIMScheduler
-from ddim_sched.config import PREDICTION_TYPES
-from ddim_sched.schedules import BETA_SCHEDULES
-from ddim_sched.spacing import SPACINGS
+from ddim_sched.ddim.config import PREDICTION_TYPES
+from ddim_sched.tables.betas import BETA_SCHEDULES
+from ddim_sched.tables.spacing import SPACINGS
 
 from .diffusers_oracle import diffusers_scheduler
 

@@ -507,8 +507,8 @@ def test_config_round_trips(tmp_path):
     plain = FlowMatchDDIMScheduler(**flux)
     assert "eta" not in plain.config and plain.config.eta == 0.0
     back = diffusers_flow(**{k: v for k, v in plain.config.items() if not k.startswith("_")})
-    assert {k: back.config[k] for k in ddim_sched.flow_config.DIFFUSERS_FLOW_FIELDS} == {
-        k: plain.config[k] for k in ddim_sched.flow_config.DIFFUSERS_FLOW_FIELDS
+    assert {k: back.config[k] for k in ddim_sched.flow.config.DIFFUSERS_FLOW_FIELDS} == {
+        k: plain.config[k] for k in ddim_sched.flow.config.DIFFUSERS_FLOW_FIELDS
     }
     # register_to_config with a schedule set: the schedule is derived anew with the same request.
     plain.set_timesteps(5, mu=0.8)

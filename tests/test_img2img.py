@@ -6,10 +6,12 @@ import pytest
 import torch
 from diffusers import (
     AutoencoderKL,
-    DDIMScheduler as DiffusersDDIM,
     EulerDiscreteScheduler,
     StableDiffusionImg2ImgPipeline,
     UNet2DConditionModel,
+)
+from diffusers import (
+    DDIMScheduler as DiffusersDDIM,
 )
 
 import ddim_sched

@@ -21,8 +21,8 @@ from hypothesis import strategies as st
 
 import ddim_sched
 from ddim_sched import DDIMScheduler, DDIMSchedulerOutput
-from ddim_sched.config import DIFFUSERS_FIELDS
-from ddim_sched.spacing import SPACINGS
+from ddim_sched.ddim.config import DIFFUSERS_FIELDS
+from ddim_sched.tables.spacing import SPACINGS
 
 from .diffusers_oracle import diffusers_scheduler
 from .tolerances import EXACT_RTOL, FORWARD_RTOL, TABLE_RTOL, rel_l2

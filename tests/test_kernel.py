@@ -11,10 +11,11 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ddim_sched import DDIMScheduler, _engine, kernel
-from ddim_sched.kernel import COLUMN, ddim_coefficients, ddim_step
-from ddim_sched.thresholding import X0Clip
-from ddim_sched.update import StepCoefficients
+from ddim_sched import DDIMScheduler, kernel
+from ddim_sched.core import _fused as _engine
+from ddim_sched.core.functional import COLUMN, ddim_coefficients, ddim_step
+from ddim_sched.core.thresholding import X0Clip
+from ddim_sched.core.update import StepCoefficients
 from tests.oracle import closed_form_step as reference_step
 from tests.tolerances import EXACT_RTOL, PARITY_RTOL, rel_l2
 

@@ -33,7 +33,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ddim_sched import DDIMScheduler
-from ddim_sched.noise import randn as ddim_randn
+from ddim_sched.core.noise import randn as ddim_randn
 
 from .diffusers_oracle import (
     closed_form_step,
@@ -502,7 +502,7 @@ def test_noise_equals_diffusers_bit_for_bit(case, data):
     seed = data.draw(st.integers(0, 2**20), label="seed")
     shape = (batch,) + ITEM_SHAPE
 
-    # The sampler itself: ddim_sched.noise.randn is diffusers' randn_tensor.
+    # The sampler itself: ddim_sched.core.noise.randn is diffusers' randn_tensor.
     ours_gen, ref_gen = generators(seed, batch, mode), generators(seed, batch, mode)
     drawn = ddim_randn(shape, ours_gen, torch.device("cpu"), dtype)
     assert torch.equal(drawn, randn_tensor(shape, generator=ref_gen, dtype=dtype))

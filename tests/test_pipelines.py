@@ -73,7 +73,7 @@ def test_ddim_pipeline_converts_our_scheduler_to_diffusers(tiny_pixel_unet):
     ours = ddim_sched.DDIMScheduler(clip_sample=False, timestep_spacing="trailing", beta_schedule="scaled_linear")
     pipe = ddim_pipeline(tiny_pixel_unet, ours)
     assert type(pipe.scheduler) is diffusers.DDIMScheduler
-    for key in ddim_sched.config.DIFFUSERS_FIELDS:
+    for key in ddim_sched.ddim.config.DIFFUSERS_FIELDS:
         assert pipe.scheduler.config[key] == ours.config[key], key
 
 

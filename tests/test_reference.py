@@ -130,7 +130,7 @@ def test_steps_offset_only_shifts_leading(name):
 def test_quad_spacing_row():
     """docs/concepts.md (timestep spacings) quad row (DDIM paper / ermongroup), when the spacing is registered."""
     if "quad" not in spacing.SPACINGS:
-        pytest.skip("quad spacing is not registered in ddim_sched.spacing.SPACINGS")
+        pytest.skip("quad spacing is not registered in ddim_sched.tables.spacing.SPACINGS")
     got = spacing.SPACINGS["quad"](1000, 10, steps_offset=0)
     assert list(got) == [800, 632, 483, 355, 246, 158, 88, 39, 9, 0]
 

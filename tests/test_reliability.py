@@ -273,7 +273,7 @@ def test_coefficient_cache_stays_bounded_under_a_new_eta_every_step():
     scheduler = DDIMScheduler(clip_sample=False)
     scheduler.set_timesteps(50)
     x = torch.randn(1, 4)
-    from ddim_sched.schedule import ROW_CACHE_SIZE
+    from ddim_sched.ddim.plan import ROW_CACHE_SIZE
 
     for i in range(ROW_CACHE_SIZE + 500):
         scheduler.step(x, 501, x, eta=i / 10_000, variance_noise=x)
@@ -476,7 +476,7 @@ def test_a_repeated_pattern_of_frame_timesteps_steps_like_a_new_one():
 
 
 def test_per_frame_timestep_patterns_are_kept_in_bounded_memory():
-    from ddim_sched.schedule import PATTERN_CACHE_SIZE
+    from ddim_sched.ddim.plan import PATTERN_CACHE_SIZE
 
     scheduler = DDIMScheduler(clip_sample=False)
     scheduler.set_timesteps(50)
@@ -520,7 +520,7 @@ def test_inputs_without_host_weights_reuse_one_device_row_per_schedule(monkeypat
     on an accelerator, half precision) get the step's coefficients as tensors: built once per schedule and
     timestep, then reused, so a loop makes no host-to-device copy per step (on CUDA each would go through
     pinned memory, which cost ~100 µs per step when it was made every step)."""
-    import ddim_sched._engine as engine
+    import ddim_sched.core._fused as engine
 
     scheduler = DDIMScheduler(clip_sample=False)
     scheduler.set_timesteps(5)

@@ -9,7 +9,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ddim_sched.thresholding import dynamic_threshold, dynamic_threshold_, row_quantile, threshold_scale
+from ddim_sched.core.thresholding import dynamic_threshold, dynamic_threshold_, row_quantile, threshold_scale
 
 HYPOTHESIS = dict(deadline=None, derandomize=True, database=None, suppress_health_check=[HealthCheck.too_slow])
 

@@ -8,19 +8,26 @@
 [801, 601, 401, 201, 1]
 """
 
-from . import flow_schedule, flow_sigmas, flow_update, kernel, schedules, spacing, testing, toy, update
-from ._diffusers import SchedulerMixin as SchedulerMixin  # diffusers' pipeline loader looks for it here
-from .config import DDIMConfig
-from .config_io import ConfigFileNotFoundError
-from .flow_config import FlowMatchDDIMConfig
-from .flow_scheduler import FlowMatchDDIMScheduler
-from .guidance import rescale_noise_cfg, slerp
-from .img2img import img2img_timesteps
-from .inverse_scheduler import DDIMInverseScheduler
-from .output import DDIMSchedulerOutput
-from .parallel_scheduler import DDIMParallelScheduler, DDIMParallelSchedulerOutput
-from .sampling import invert, sample
-from .scheduler import DDIMScheduler
+from . import testing, toy
+from .compat.config_io import ConfigFileNotFoundError
+from .compat.output import DDIMSchedulerOutput
+from .compat.scheduler_mixin import SchedulerMixin as SchedulerMixin  # diffusers' pipeline loader looks for it here
+from .core import functional, update
+from .ddim.config import DDIMConfig
+from .ddim.inverse import DDIMInverseScheduler
+from .ddim.parallel import DDIMParallelScheduler, DDIMParallelSchedulerOutput
+from .ddim.scheduler import DDIMScheduler
+from .flow import plan as flow_plan
+from .flow import update as flow_update
+from .flow.config import FlowMatchDDIMConfig
+from .flow.scheduler import FlowMatchDDIMScheduler
+from .recipes.guidance import rescale_noise_cfg, slerp
+from .sampling.img2img import img2img_timesteps
+from .sampling.loops import invert, sample
+from .tables import betas, flow_sigmas, spacing
+
+# The module names of release 0.1, kept so that ``ddim_sched.schedules.linear`` and the like still work.
+kernel, schedules, flow_schedule = functional, betas, flow_plan
 
 # Pipelines that hold a ddim_sched scheduler record its module in model_index.json: name the package, so
 # that saved pipelines load whatever module the class is defined in.

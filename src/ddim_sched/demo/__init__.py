@@ -20,12 +20,12 @@ whose optimal denoiser is known exactly (:mod:`ddim_sched.toy`), through this li
     result.sections["mixture"].table              # {(eta, S): sliced W2}
     figure = demo.figures.mixture_figure(result.sections["mixture"])   # needs matplotlib
 
-:mod:`~ddim_sched.demo.schedule` computes the rows of ``ddim-sched schedule`` and
+:mod:`~ddim_sched.demo.schedule_table` computes the rows of ``ddim-sched schedule`` and
 :mod:`~ddim_sched.demo.figures` draws the figures. A new section is one module with
 ``run(settings)`` plus one entry in :data:`~ddim_sched.demo.runner.SECTIONS`.
 """
 
-from . import digits, figures, flow, gaussian, mixture, paper, roundtrip, schedule
+from . import digits, figures, flow, gaussian, mixture, paper, roundtrip, schedule_table
 from .common import DemoSettings
 from .runner import SECTIONS, DemoResult, format_header, run
 
@@ -42,5 +42,5 @@ __all__ = [
     "paper",
     "roundtrip",
     "run",
-    "schedule",
+    "schedule_table",
 ]

@@ -10,11 +10,11 @@ from pathlib import Path
 
 import torch
 
-from ..config import DDIMConfig
-from ..flow_scheduler import FlowMatchDDIMScheduler
-from ..output import DDIMSchedulerOutput
-from ..sampling import invert, sample
-from ..scheduler import DDIMScheduler
+from ..compat.output import DDIMSchedulerOutput
+from ..ddim.config import DDIMConfig
+from ..ddim.scheduler import DDIMScheduler
+from ..flow.scheduler import FlowMatchDDIMScheduler
+from ..sampling.loops import invert, sample
 from ..toy import GaussianMixture
 
 

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..scheduler import DDIMScheduler
+from ..ddim.scheduler import DDIMScheduler
 from .common import DEMO_EXTRA, cpu_threads, demo_scheduler
 
 ModuleT = TypeVar("ModuleT", bound=nn.Module)

@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from ..scheduler import DDIMScheduler
+from ..ddim.scheduler import DDIMScheduler
 from .common import DEMO_EXTRA, ring_mixture
 from .mixture import MixtureResult
 
@@ -111,7 +111,7 @@ def mixture_figure(result: MixtureResult) -> Any:
 
 
 def schedule_figure(scheduler: DDIMScheduler, rows: list[dict[str, Any]], eta: float) -> Any:
-    """ᾱ, SNR and σ per step of a schedule (the rows of :func:`ddim_sched.demo.schedule.schedule_rows`).
+    """ᾱ, SNR and σ per step of a schedule (the rows of :func:`ddim_sched.demo.schedule_table.schedule_rows`).
 
     Raises:
         ImportError: matplotlib is not installed.

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..flow_scheduler import FlowMatchDDIMScheduler
+from ..flow.scheduler import FlowMatchDDIMScheduler
 from .common import gaussian_w2, loglog_slope, step_coefficients
 from .progress import Progress
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..scheduler import DDIMScheduler
+from ..ddim.scheduler import DDIMScheduler
 from .common import DemoSettings, demo_scheduler, gaussian_w2, loglog_slope, step_coefficients
 from .flow import FLOW_ETAS, FLOW_STEPS, FlowGaussianTable, flow_table
 from .paper import PAPER_ETAS, PAPER_STEPS, PAPER_TABLE1_FID

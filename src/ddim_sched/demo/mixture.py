@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..sampling import sample
+from ..sampling.loops import sample
 from ..toy import sliced_wasserstein
 from .common import DemoSettings, demo_scheduler, ring_mixture
 from .paper import PAPER_ETAS, PAPER_STEPS

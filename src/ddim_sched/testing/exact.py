@@ -18,8 +18,8 @@ from typing import Any
 
 import torch
 
-from ..config import DDIMConfig
-from ..schedules import alpha_bar_from_betas, betas_from_alpha_bar, make_betas
+from ..ddim.config import DDIMConfig
+from ..tables.betas import alpha_bar_from_betas, betas_from_alpha_bar, make_betas
 
 __all__ = ["ExactReference", "direction_rounding", "landing", "private_copy", "relative_error", "step_output"]
 

@@ -11,7 +11,7 @@ import torch
 
 from ..toy import GaussianMixture
 from .exact import ExactReference
-from .loop import ComparisonLoop, Model
+from .lockstep import ComparisonLoop, Model
 from .report import MatchReport
 
 __all__ = ["DEFAULT_RTOL", "assert_schedulers_match", "compare_schedulers", "default_model", "mixture_model"]

@@ -9,7 +9,7 @@ import json
 import math
 from typing import Any
 
-from ..scheduler import DDIMScheduler
+from ..ddim.scheduler import DDIMScheduler
 
 
 def step_sigma(alpha_bar_t: float, alpha_bar_prev: float, eta: float) -> float:

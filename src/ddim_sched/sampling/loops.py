@@ -33,9 +33,9 @@ from typing import Literal, overload
 
 import torch
 
-from .inverse_scheduler import DDIMInverseScheduler
-from .scheduler import DDIMScheduler
-from .validation import check_int, check_real
+from ..common.validation import check_int, check_real
+from ..ddim.inverse import DDIMInverseScheduler
+from ..ddim.scheduler import DDIMScheduler
 
 logger = logging.getLogger("ddim_sched")
 

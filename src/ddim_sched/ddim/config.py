@@ -9,11 +9,11 @@ from typing import Any, ClassVar, Literal, get_args
 
 import numpy as np
 
-from .diffusers_config import COMPATIBLE_KEYS
-from .frozen_config import FrozenConfig
-from .schedules import BETA_SCHEDULES
-from .spacing import SPACINGS
-from .validation import check_choice, check_flag, check_int, check_real
+from ..common.frozen_config import FrozenConfig
+from ..common.validation import check_choice, check_flag, check_int, check_real
+from ..compat.config_surface import COMPATIBLE_KEYS
+from ..tables.betas import BETA_SCHEDULES
+from ..tables.spacing import SPACINGS
 
 logger = logging.getLogger("ddim_sched")
 
@@ -86,7 +86,7 @@ class DDIMConfig(FrozenConfig):
         dynamic_thresholding_ratio: Quantile of |x̂0| used as the threshold, in (0, 1].
         clip_sample_range: Clamp bound for clip_sample, > 0.
         sample_max_value: Upper bound of the dynamic threshold, > 0.
-        timestep_spacing: A name in ``ddim_sched.spacing.SPACINGS``: diffusers' ``"leading"``,
+        timestep_spacing: A name in ``ddim_sched.tables.spacing.SPACINGS``: diffusers' ``"leading"``,
             ``"trailing"``, ``"linspace"``, and ddim_sched's ``"quad"`` and ``"karras"``.
         rescale_betas_zero_snr: Rescale β to zero terminal SNR (Lin et al. 2023, Algorithm 1); needs T >= 2.
         prev_timestep_rule: ``"stride"`` (diffusers: t − T // S) or ``"schedule"`` (the next timestep

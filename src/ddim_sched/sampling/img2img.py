@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from .validation import as_real
+from ..common.validation import as_real
 
 
 def img2img_timesteps(

@@ -1,5 +1,5 @@
-"""What every frozen configuration dataclass offers (:class:`~ddim_sched.config.DDIMConfig`,
-:class:`~ddim_sched.flow_config.FlowMatchDDIMConfig`): a JSON-ready dict, a validated copy, its field
+"""What every frozen configuration dataclass offers (:class:`~ddim_sched.ddim.config.DDIMConfig`,
+:class:`~ddim_sched.flow.config.FlowMatchDDIMConfig`): a JSON-ready dict, a validated copy, its field
 names and its defaults."""
 
 from __future__ import annotations

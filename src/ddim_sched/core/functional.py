@@ -2,8 +2,8 @@ r"""The DDIM step on the variance-preserving path, by noise level ᾱ: pure func
 
 :func:`ddim_coefficients` gives every weight of a step from ᾱ_t to ᾱ_prev as one float64 row (or a
 table of rows), :func:`ddim_step` applies such a row to a batch. They are
-:func:`ddim_sched.update.step_coefficients` and the schedulers' fused engine with the levels a = √ᾱ,
-b = √(1 − ᾱ); see :mod:`ddim_sched.update` for the step written as the paper writes it.
+:func:`ddim_sched.core.update.step_coefficients` and the schedulers' fused engine with the levels a = √ᾱ,
+b = √(1 − ᾱ); see :mod:`ddim_sched.core.update` for the step written as the paper writes it.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 import torch
 
-from ._engine import STRUCTURAL_ZEROS, WEIGHTS, compute_dtype, fused_step
+from ._fused import STRUCTURAL_ZEROS, WEIGHTS, compute_dtype, fused_step
 from .thresholding import ClipMode, X0Clip
 from .update import StepCoefficients, step_coefficients, vp_level
 
@@ -62,7 +62,7 @@ def ddim_step(
     out: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One DDIM update (eq. 12) from precomputed coefficients. Not differentiable (use
-    :func:`ddim_sched.update.ddim_update` under autograd).
+    :func:`ddim_sched.core.update.ddim_update` under autograd).
 
     Args:
         model_output: m, [B, ...], any floating dtype and layout.

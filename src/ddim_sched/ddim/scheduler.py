@@ -8,15 +8,15 @@ from typing import Any, ClassVar, Literal, overload
 import numpy as np
 import torch
 
-from ._diffusers import SchedulerMixin  # noqa: F401  (diffusers' pipeline loader looks for it beside the class)
-from ._engine import compute_dtype, takes_host_weights
-from .arguments import eta_values, is_compiling, pattern_key
+from ..common.arguments import eta_values, is_compiling, pattern_key
+from ..common.validation import check_floating_tensor
+from ..compat.output import DDIMSchedulerOutput
+from ..compat.scheduler_mixin import SchedulerMixin  # noqa: F401  (diffusers' pipeline loader looks for it beside the class)
+from ..core._fused import compute_dtype, takes_host_weights
+from ..core.noise import Generator, randn
+from ..core.update import StepCoefficients, snr_ratio
 from .base import DDIMSchedulerBase, TimestepsArg, _check_pair
-from .noise import Generator, randn
-from .output import DDIMSchedulerOutput
-from .schedule import Schedule
-from .update import StepCoefficients, snr_ratio
-from .validation import check_floating_tensor
+from .plan import Schedule
 
 StepResult = DDIMSchedulerOutput | tuple[torch.Tensor, torch.Tensor]
 
@@ -103,7 +103,7 @@ class DDIMScheduler(DDIMSchedulerBase):
     ) -> StepCoefficients:  # fmt: skip
         """:meth:`_coefficients` of the timestep argument as given. A host tensor of per-element timesteps is
         looked up by its values first: a video sampler passes one pattern of levels every call, validated
-        and computed once per schedule (:func:`ddim_sched.arguments.pattern_key`)."""
+        and computed once per schedule (:func:`ddim_sched.common.arguments.pattern_key`)."""
         key = pattern_key(timestep, eta, sample, model_output) if prev_timestep is None else None
         cached = None if key is None else schedule.patterns.get(key)
         if cached is not None:
@@ -187,7 +187,7 @@ class DDIMScheduler(DDIMSchedulerBase):
 
         Every batch element is stepped exactly as if it were stepped alone, so one call can advance
         requests that are at different timesteps with different η (continuous batching). Differentiable
-        with respect to the tensors (autograd takes the plain path, :func:`ddim_sched.update.ddim_update`).
+        with respect to the tensors (autograd takes the plain path, :func:`ddim_sched.core.update.ddim_update`).
 
         Args:
             model_output: The model's output m at x_t, [B, ...]: ε, x0 or v (``prediction_type``).
@@ -253,7 +253,7 @@ class DDIMScheduler(DDIMSchedulerBase):
     def coefficients(self, timestep: int, eta: float = 0.0) -> StepCoefficients:
         """The float64 coefficients of the step from ``timestep`` (to where the config's rule lands) with η,
         as host floats: the step's levels (a_t, b_t) → (a_s, b_s), σ, and its linear-combination weights
-        (:class:`ddim_sched.update.StepCoefficients`).
+        (:class:`ddim_sched.core.update.StepCoefficients`).
 
         Raises:
             ValueError: set_timesteps not called, or the timestep or η out of range.

@@ -5,9 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from .flow_sigmas import SIGMA_SCHEDULES, TIME_SHIFTS
-from .frozen_config import FrozenConfig
-from .validation import check_choice, check_flag, check_int, check_real
+from ..common.frozen_config import FrozenConfig
+from ..common.validation import check_choice, check_flag, check_int, check_real
+from ..tables.flow_sigmas import SIGMA_SCHEDULES, TIME_SHIFTS
 
 # The 14 fields of diffusers' FlowMatchEulerDiscreteScheduler (0.42.1), in its order; ``eta`` is ddim_sched's.
 DIFFUSERS_FLOW_FIELDS: tuple[str, ...] = (

@@ -15,10 +15,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from ._engine import compute_dtype
-from .arguments import is_compiling, per_element_shape
-from .noise import Generator, randn
-from .validation import as_int, as_real, check_floating_tensor, check_real
+from ..common.arguments import is_compiling, per_element_shape
+from ..common.validation import as_int, as_real, check_floating_tensor, check_real
+from ..core._fused import compute_dtype
+from ..core.noise import Generator, randn
 
 __all__ = [
     "aligned",
@@ -86,7 +86,7 @@ def check_mu(mu: Any, time_shift_type: str) -> float:
 
 def check_aligned(name: str, value: torch.Tensor, sample: torch.Tensor) -> None:
     """That a per-element tensor broadcasts over the sample from its leading dimensions
-    (:func:`ddim_sched.arguments.per_element_shape`, the one rule for both schedulers)."""
+    (:func:`ddim_sched.common.arguments.per_element_shape`, the one rule for both schedulers)."""
     per_element_shape(name, tuple(value.shape), tuple(sample.shape))
 
 

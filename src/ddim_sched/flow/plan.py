@@ -1,9 +1,9 @@
 r"""The schedule a flow-matching scheduler steps along.
 
 :class:`FlowSchedule` holds the timesteps one ``set_timesteps`` chose (float32, as pipelines pass them to
-the model), the noise level of each in float64, the cached step coefficients (:mod:`ddim_sched.flow_update`
+the model), the noise level of each in float64, the cached step coefficients (:mod:`ddim_sched.flow.update`
 computes them), and per-device tables for tensor timesteps, which it looks up on the device without
-reading them. The step's functions of :mod:`ddim_sched.flow_update` can be imported from here too.
+reading them. The step's functions of :mod:`ddim_sched.flow.update` can be imported from here too.
 """
 
 from __future__ import annotations
@@ -14,9 +14,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from ._engine import compute_dtype, device_row, takes_host_weights
-from .arguments import is_compiling, pattern_key
-from .flow_arguments import (
+from ..common.arguments import is_compiling, pattern_key
+from ..common.validation import check_floating_tensor, check_int
+from ..core._fused import compute_dtype, device_row, takes_host_weights
+from ..core.update import StepCoefficients
+from ..ddim.plan import PATTERN_CACHE_SIZE, ROW_CACHE_SIZE, _LockedCache, element_position, gather_rows, row_table
+from ..tables.flow_sigmas import flow_sigmas
+from .arguments import (
     aligned,
     check_aligned,
     check_decreasing,
@@ -25,12 +29,8 @@ from .flow_arguments import (
     check_timestep_type,
     float_array,
 )
-from .flow_config import FlowMatchDDIMConfig
-from .flow_sigmas import flow_sigmas
-from .flow_update import apply_step, flow_level, flow_step_coefficients, in_compute_dtype, ve_ancestral_step, ve_level
-from .schedule import PATTERN_CACHE_SIZE, ROW_CACHE_SIZE, _LockedCache, element_position, gather_rows, row_table
-from .update import StepCoefficients
-from .validation import check_floating_tensor, check_int
+from .config import FlowMatchDDIMConfig
+from .update import apply_step, flow_level, flow_step_coefficients, in_compute_dtype, ve_ancestral_step, ve_level
 
 __all__ = [
     "FlowSchedule",
@@ -167,7 +167,7 @@ class FlowSchedule:
         return row
 
     def device_row(self, index: int, eta: float, dtype: torch.dtype, device: torch.device) -> StepCoefficients:
-        """:meth:`row` as tensors [1] of ``dtype`` on ``device`` (:func:`~ddim_sched._engine.device_row`),
+        """:meth:`row` as tensors [1] of ``dtype`` on ``device`` (:func:`~ddim_sched.core._fused.device_row`),
         copied there once and cached (so a warmed-up loop copies nothing and can be captured in a CUDA graph)."""
         key = ("device", index, eta, dtype, str(device))
         row = self._rows.get(key)
@@ -223,7 +223,7 @@ class FlowSchedule:
 
         A host tensor of per-element timesteps is looked up by its values first: a video sampler passes one
         pattern of levels every call, computed once per schedule and kept in the compute dtype on the
-        sample's device (:func:`ddim_sched.arguments.pattern_key`)."""
+        sample's device (:func:`ddim_sched.common.arguments.pattern_key`)."""
         key = pattern_key(timestep, eta, sample, model_output) if per_token is None else None
         cached = None if key is None else self.patterns.get(key)
         if cached is not None:
@@ -312,7 +312,7 @@ def plan_schedule(
     device: str | torch.device | None = None,
 ) -> FlowSchedule:
     """The schedule ``set_timesteps`` chooses, validated: S base levels (``sigmas``, or ``timesteps``/T, or
-    evenly spaced over ``sigma_range`` = (σ_max, σ_min)), through :func:`~ddim_sched.flow_sigmas.flow_sigmas`.
+    evenly spaced over ``sigma_range`` = (σ_max, σ_min)), through :func:`~ddim_sched.tables.flow_sigmas.flow_sigmas`.
 
     Raises:
         ValueError, TypeError: As :meth:`FlowMatchDDIMScheduler.set_timesteps` documents.

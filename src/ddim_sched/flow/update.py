@@ -7,7 +7,7 @@ rectified flow     (1 − σ, σ)   :func:`flow_level`   SD3, Flux: σ ∈ [0, 1
 variance exploding (1, σ)       :func:`ve_level`     k-diffusion: σ = √((1 − ᾱ)/ᾱ), x_VE = x_VP/√ᾱ
 =================  ==========================  ====================================================
 
-:func:`flow_step_coefficients` is :func:`ddim_sched.update.step_coefficients` on the flow path with the
+:func:`flow_step_coefficients` is :func:`ddim_sched.core.update.step_coefficients` on the flow path with the
 noise clamped the way k-diffusion clamps it, σ_step ≤ b_s, so that every η >= 0 is a valid step: η = 0 is
 the Euler step x_s = x_t + (σ_s − σ_t)·u, η = 1 the DDPM posterior, and η → ∞ re-noises x̂0 completely,
 x_s = (1 − σ_s)·x̂0 + σ_s·z (diffusers' ``stochastic_sampling``, ``renoise=True`` here).
@@ -18,9 +18,9 @@ from __future__ import annotations
 
 import torch
 
-from ._engine import compute_dtype, fused_prev_sample, fused_step
-from .thresholding import NO_CLIP
-from .update import StepCoefficients, step_coefficients
+from ..core._fused import compute_dtype, fused_prev_sample, fused_step
+from ..core.thresholding import NO_CLIP
+from ..core.update import StepCoefficients, step_coefficients
 
 __all__ = [
     "Value", "apply_step", "flow_level", "flow_step_coefficients", "in_compute_dtype", "ve_ancestral_step", "ve_level",

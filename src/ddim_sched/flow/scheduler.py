@@ -2,7 +2,7 @@ r"""``FlowMatchDDIMScheduler``: DDIM on the rectified-flow path x_σ = (1 − σ
 ``FlowMatchEulerDiscreteScheduler`` (SD3, Flux, Mochi, ...) with η.
 
 The model predicts the velocity u = ε − x0; each step reads x̂0 = x − σ_t·u and ε̂ = x + (1 − σ_t)·u (eq. 9)
-and moves to σ_s with DDIM's eq. 12 (:func:`ddim_sched.flow_update.flow_step_coefficients`). η = 0 is
+and moves to σ_s with DDIM's eq. 12 (:func:`ddim_sched.flow.update.flow_step_coefficients`). η = 0 is
 exactly diffusers' Euler step x_s = x + (σ_s − σ_t)·u; η = 1 adds the DDPM posterior's noise;
 ``stochastic_sampling=True`` re-noises x̂0 completely (diffusers' stochastic sampler, the η → ∞ end).
 """
@@ -16,20 +16,20 @@ from typing import Any, ClassVar, Literal, overload
 import numpy as np
 import torch
 
-from ._diffusers import SchedulerMixin
-from ._engine import compute_dtype
-from .base import _broadcast_pair, _check_pair
-from .diffusers_config import ConfigSurface
-from .flow_arguments import check_timestep_type, eta_value, step_noise
-from .flow_config import FlowMatchDDIMConfig
-from .flow_schedule import FlowSchedule, plan_schedule
-from .flow_sigmas import shift_sigmas, stretch_to_terminal, time_shift
-from .flow_update import apply_step, flow_level
-from .noise import Generator
-from .output import DDIMSchedulerOutput
-from .progress import StepProgress
-from .update import prediction_weights
-from .validation import check_real
+from ..common.progress import StepProgress
+from ..common.validation import check_real
+from ..compat.config_surface import ConfigSurface
+from ..compat.output import DDIMSchedulerOutput
+from ..compat.scheduler_mixin import SchedulerMixin
+from ..core._fused import compute_dtype
+from ..core.noise import Generator
+from ..core.update import prediction_weights
+from ..ddim.base import _broadcast_pair, _check_pair
+from ..tables.flow_sigmas import shift_sigmas, stretch_to_terminal, time_shift
+from .arguments import check_timestep_type, eta_value, step_noise
+from .config import FlowMatchDDIMConfig
+from .plan import FlowSchedule, plan_schedule
+from .update import apply_step, flow_level
 
 StepResult = DDIMSchedulerOutput | tuple[torch.Tensor]
 Values = Sequence[float] | np.ndarray | torch.Tensor

@@ -21,14 +21,14 @@ from typing import Any, ClassVar, Literal, overload
 import numpy as np
 import torch
 
-from ._diffusers import SchedulerMixin  # noqa: F401  (diffusers' pipeline loader looks for it beside the class)
-from ._engine import compute_dtype, takes_host_weights
-from .arguments import is_compiling
+from ..common.arguments import is_compiling
+from ..compat.output import DDIMSchedulerOutput
+from ..compat.scheduler_mixin import SchedulerMixin  # noqa: F401  (diffusers' pipeline loader looks for it beside the class)
+from ..core._fused import compute_dtype, takes_host_weights
+from ..core.thresholding import X0Clip
+from ..core.update import StepCoefficients
+from ..tables.spacing import check_timesteps
 from .base import DDIMSchedulerBase, TimestepsArg, _check_pair
-from .output import DDIMSchedulerOutput
-from .spacing import check_timesteps
-from .thresholding import X0Clip
-from .update import StepCoefficients
 
 _DEPRECATED_ALPHA_KWARG = "set_alpha_to_zero"
 # The constructor options of diffusers' DDIMInverseScheduler; the others appear in config only when changed.

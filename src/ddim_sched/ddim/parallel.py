@@ -16,12 +16,12 @@ from typing import ClassVar
 
 import torch
 
-from ._diffusers import SchedulerMixin  # noqa: F401  (diffusers' pipeline loader looks for it beside the class)
-from .arguments import eta_values, is_compiling
+from ..common.arguments import eta_values, is_compiling
+from ..compat.output import DDIMSchedulerOutput
+from ..compat.scheduler_mixin import SchedulerMixin  # noqa: F401  (diffusers' pipeline loader looks for it beside the class)
+from ..core.update import snr_ratio
 from .base import _check_pair
-from .output import DDIMSchedulerOutput
 from .scheduler import DDIMScheduler
-from .update import snr_ratio
 
 
 @dataclass

@@ -18,10 +18,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from ._engine import device_row
-from .arguments import is_compiling
-from .spacing import step_target, step_targets
-from .update import StepCoefficients, step_coefficients, vp_level
+from ..common.arguments import is_compiling
+from ..core._fused import device_row
+from ..core.update import StepCoefficients, step_coefficients, vp_level
+from ..tables.spacing import step_target, step_targets
 
 # Coefficient rows kept per schedule (host floats, one per (from, to, η) step taken).
 ROW_CACHE_SIZE = 4096
@@ -242,7 +242,7 @@ class Schedule:
     def device_row(
         self, t_from: int, t_to: int, eta: float, dtype: torch.dtype, device: torch.device
     ) -> StepCoefficients:
-        """:meth:`row` as tensors [1] of ``dtype`` on ``device`` (:func:`~ddim_sched._engine.device_row`),
+        """:meth:`row` as tensors [1] of ``dtype`` on ``device`` (:func:`~ddim_sched.core._fused.device_row`),
         copied there once and cached: later steps from the same timestep copy nothing, so a loop
         warmed up once can be captured in a CUDA graph."""
         key = ("device", t_from, t_to, eta, dtype, str(device))

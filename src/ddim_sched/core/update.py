@@ -25,7 +25,7 @@ x_s     (eq. 12)         a_s·x̂0 + √(b_s² − σ²)·ε̂ + σ·z,   with �
 
 :func:`ddim_update` is that step, term by term. Without clipping x̂0 and x_s are linear in (x_t, m), so
 :func:`step_coefficients` also states the step as linear-combination weights; the schedulers apply them
-with a fused engine (``ddim_sched._engine``) that the tests check against :func:`ddim_update`.
+with a fused engine (``ddim_sched.core._fused``) that the tests check against :func:`ddim_update`.
 
 The coefficient functions take Python floats or tensors alike (the schedulers use floats on the host
 and float64 tensors on a device), and never divide by zero: at the ends of the noise range (a = 0 at zero

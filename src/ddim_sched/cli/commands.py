@@ -1,7 +1,7 @@
 """The ``ddim-sched`` command (also ``python -m ddim_sched``): ``demo``, ``schedule`` and ``compare``.
 
 This module runs the commands, prints, and picks the exit status; flag values are parsed and
-checked by :mod:`ddim_sched.cli_flags`, and the work is done by importable functions:
+checked by :mod:`ddim_sched.cli.flags`, and the work is done by importable functions:
 :mod:`ddim_sched.demo` (the demo's sections, the schedule table and the figures) and
 :mod:`ddim_sched.testing` (the parity harness behind ``compare``).
 
@@ -23,13 +23,13 @@ from typing import Any
 
 import torch
 
-from . import __version__, demo
-from . import cli_flags as flags
-from .cli_flags import UsageError
-from .config import DIFFUSERS_FIELDS, DDIMConfig
-from .demo import figures, schedule
-from .scheduler import DDIMScheduler
-from .testing import compare_schedulers, mixture_model
+from .. import __version__, demo
+from ..ddim.config import DIFFUSERS_FIELDS, DDIMConfig
+from ..ddim.scheduler import DDIMScheduler
+from ..demo import figures, schedule_table
+from ..testing import compare_schedulers, mixture_model
+from . import flags
+from .flags import UsageError
 
 PROG = "ddim-sched"
 DEMO_FIGURE = "ddim-sched-demo.png"
@@ -118,15 +118,15 @@ def cmd_schedule(args: argparse.Namespace) -> int:
             raise UsageError(f"--plot needs matplotlib, which is not installed: {figures.DEMO_EXTRA_HINT}")
     scheduler = DDIMScheduler.from_config(config)
     flags.set_timesteps(scheduler, args.steps)
-    rows = schedule.schedule_rows(scheduler, args.eta)
+    rows = schedule_table.schedule_rows(scheduler, args.eta)
     if plot is not None:
         _write("--plot", plot, figures.png_bytes(figures.schedule_figure(scheduler, rows, args.eta)))
     if args.format == "json":
-        print(schedule.format_json(scheduler, rows, args.eta))
+        print(schedule_table.format_json(scheduler, rows, args.eta))
     elif args.format == "csv":
-        print(schedule.format_csv(rows))
+        print(schedule_table.format_csv(rows))
     else:
-        print(schedule.format_table(scheduler, rows, args.eta))
+        print(schedule_table.format_table(scheduler, rows, args.eta))
     if plot is not None:
         print(f"plot: {plot}", file=sys.stderr if args.format != "table" else sys.stdout)
     return 0

@@ -14,11 +14,11 @@ from typing import Any
 
 import torch
 
-from .config import PREDICTION_TYPES, PREV_TIMESTEP_RULES, DDIMConfig
-from .config_io import read_config
-from .scheduler import DDIMScheduler
-from .schedules import BETA_SCHEDULES
-from .spacing import SPACINGS
+from ..compat.config_io import read_config
+from ..ddim.config import PREDICTION_TYPES, PREV_TIMESTEP_RULES, DDIMConfig
+from ..ddim.scheduler import DDIMScheduler
+from ..tables.betas import BETA_SCHEDULES
+from ..tables.spacing import SPACINGS
 
 MAX_SEED = 2**32
 

@@ -1,10 +1,10 @@
-"""The fused engine behind the schedulers' ``step``: x̂0 and x_s from :class:`~ddim_sched.update.StepCoefficients`
+"""The fused engine behind the schedulers' ``step``: x̂0 and x_s from :class:`~ddim_sched.core.update.StepCoefficients`
 in the fewest passes over memory. One entry point, :func:`fused_step` (and :func:`fused_prev_sample` for x_s
-alone, where a caller does not return x̂0); the tests hold it to :func:`ddim_sched.update.ddim_update`, the
+alone, where a caller does not return x̂0); the tests hold it to :func:`ddim_sched.core.update.ddim_update`, the
 step as the paper writes it.
 
 It writes into fresh buffers and ``out=`` in place, so it records no gradients: the schedulers call it
-only when autograd is not recording, and :func:`~ddim_sched.update.ddim_update` otherwise.
+only when autograd is not recording, and :func:`~ddim_sched.core.update.ddim_update` otherwise.
 
 Two ways to apply the weights:
 
@@ -32,7 +32,7 @@ from typing import Any, cast
 
 import torch
 
-from .arguments import is_compiling as _compiling
+from ..common.arguments import is_compiling as _compiling
 from .thresholding import NO_CLIP, X0Clip
 from .update import StepCoefficients
 

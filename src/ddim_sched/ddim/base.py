@@ -15,18 +15,18 @@ from typing import Any
 import numpy as np
 import torch
 
-from ._diffusers import SchedulerMixin
-from ._engine import as_column, compute_dtype, fused_step
-from .arguments import timestep_values
+from ..common.arguments import timestep_values
+from ..common.progress import StepProgress
+from ..common.validation import check_floating_tensor, check_int
+from ..compat.config_surface import ConfigSurface
+from ..compat.scheduler_mixin import SchedulerMixin
+from ..core._fused import as_column, compute_dtype, fused_step
+from ..core.thresholding import ClipMode, X0Clip
+from ..core.update import StepCoefficients, ddim_update
+from ..tables.betas import alpha_bar_from_betas, make_betas
+from ..tables.spacing import SPACINGS, check_timesteps, successor_stride
 from .config import DDIMConfig
-from .diffusers_config import ConfigSurface
-from .progress import StepProgress
-from .schedule import NoiseLevels, Schedule
-from .schedules import alpha_bar_from_betas, make_betas
-from .spacing import SPACINGS, check_timesteps, successor_stride
-from .thresholding import ClipMode, X0Clip
-from .update import StepCoefficients, ddim_update
-from .validation import check_floating_tensor, check_int
+from .plan import NoiseLevels, Schedule
 
 TimestepsArg = Sequence[int] | np.ndarray | torch.Tensor
 

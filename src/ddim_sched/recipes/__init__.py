@@ -1,0 +1,1 @@
+"""Recipes people bring to a sampling loop: guidance rescale and latent interpolation."""

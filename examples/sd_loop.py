@@ -12,7 +12,7 @@ at different times in one batch (each batch element at its own timestep, which d
 The loop is what ``StableDiffusionPipeline.__call__`` does, without the pipeline: draw latents,
 then per timestep run the UNet on [unconditional, conditional] inputs, combine them with
 classifier-free guidance (optionally rescaled, Lin et al. 2023 §3.4), step the scheduler, and
-finally decode with the VAE. The tests import it (``tests/test_pipelines.py``).
+finally decode with the VAE. The tests import it (``tests/integration/test_pipelines.py``).
 """
 
 from __future__ import annotations

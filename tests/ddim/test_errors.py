@@ -11,8 +11,7 @@ from ddim_sched import ConfigFileNotFoundError, DDIMScheduler
 from ddim_sched.ddim.config import PREDICTION_TYPES
 from ddim_sched.tables.betas import BETA_SCHEDULES
 from ddim_sched.tables.spacing import SPACINGS
-
-from .diffusers_oracle import diffusers_scheduler
+from tests.diffusers_oracle import diffusers_scheduler
 
 SHAPE = (2, 2, 4, 4)
 

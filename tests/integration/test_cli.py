@@ -1,6 +1,6 @@
 """The ddim-sched command: each subcommand end to end on small sizes, its exit codes and its errors.
 
-The science the commands print is tested in tests/test_demo.py and tests/test_testing_helper.py.
+The science the commands print is tested in tests/integration/test_demo.py and tests/testing/test_harness.py.
 """
 
 import importlib
@@ -24,7 +24,7 @@ needs_matplotlib = pytest.mark.skipif(not HAVE_MATPLOTLIB, reason="matplotlib (t
 needs_dev_full = pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full (Linux)")
 # Small tensors: one torch thread is faster than handing each op to a second one.
 pytestmark = pytest.mark.usefixtures("one_thread")
-SRC = str(Path(__file__).resolve().parents[1] / "src")
+SRC = str(Path(__file__).resolve().parents[2] / "src")
 ZERO_SNR_FLAGS = ["--rescale-betas-zero-snr", "--prediction-type", "v_prediction", "--timestep-spacing", "trailing",
                   "--beta-schedule", "scaled_linear", "--beta-start", "0.00085", "--beta-end", "0.012",
                   "--no-clip-sample", "--no-set-alpha-to-one"]

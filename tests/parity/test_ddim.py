@@ -34,8 +34,7 @@ from hypothesis import strategies as st
 
 from ddim_sched import DDIMScheduler
 from ddim_sched.core.noise import randn as ddim_randn
-
-from .diffusers_oracle import (
+from tests.diffusers_oracle import (
     closed_form_step,
     diffusers_scheduler,
     dummy_model,
@@ -43,7 +42,7 @@ from .diffusers_oracle import (
     exact_step,
     randn_tensor,
 )
-from .tolerances import FORWARD_RTOL, HALF_LOOP_DIFFUSERS_FACTOR, LOOP_RTOL, ORACLE_RTOL, PARITY_RTOL, rel_l2
+from tests.tolerances import FORWARD_RTOL, HALF_LOOP_DIFFUSERS_FACTOR, LOOP_RTOL, ORACLE_RTOL, PARITY_RTOL, rel_l2
 
 # Deterministic runs: derandomized example generation, no example database.
 HYPOTHESIS = dict(
@@ -164,7 +163,7 @@ def cases(draw, min_T: int = 1, S: int | None = None, allow_terminal_epsilon: bo
         clip_sample_range=draw(st.floats(0.1, 4.0), label="clip_sample_range"),
         sample_max_value=draw(st.floats(0.5, 4.0), label="sample_max_value"),
         timestep_spacing=draw(st.sampled_from(["leading", "trailing", "linspace"]), label="timestep_spacing"),
-        # Zero SNR needs T >= 2 (ddim_sched raises, diffusers returns NaN tables: see test_errors.py).
+        # Zero SNR needs T >= 2 (ddim_sched raises, diffusers returns NaN tables: see tests/ddim/test_errors.py).
         rescale_betas_zero_snr=T >= 2 and draw(st.booleans(), label="rescale_betas_zero_snr"),
     )
     if (

@@ -30,7 +30,7 @@ from ddim_sched import testing as ddim_testing
 from tests.tiny_models import single_thread
 from tests.tolerances import EXACT_RTOL, PARITY_RTOL
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 DOCS = ROOT / "docs"
 DOC_FILES = sorted(DOCS.glob("*.md")) + [ROOT / "README.md"]
 

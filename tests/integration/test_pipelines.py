@@ -118,7 +118,7 @@ def test_parity_check_detects_a_one_timestep_shift(tiny_sd):
 def test_zero_snr_eta_one_pipeline_is_finite(tiny_sd, observe):
     # diffusers #5969: with zero terminal SNR, η = 1 makes diffusers' float32 1 − ᾱ_prev − σ² a rounding
     # error at the first step, NaN on CPUs where it rounds below 0. ddim_sched has no such cancellation
-    # (its first step equals the float64 closed form: tests/test_parity.py). Diffusers' result is recorded.
+    # (its first step equals the float64 closed form: tests/parity/test_ddim.py). Diffusers' result is recorded.
     pipe = stable_diffusion_pipeline(tiny_sd.unet, tiny_sd.vae, diffusers.DDIMScheduler(**SD))
     ours, reference = run_both(
         pipe, pipe.scheduler.config, sd_loop.ZERO_SNR_OVERRIDES, sd_call(tiny_sd, "latent", False, eta=1.0)

@@ -23,9 +23,8 @@ import ddim_sched
 from ddim_sched import DDIMScheduler, DDIMSchedulerOutput
 from ddim_sched.ddim.config import DIFFUSERS_FIELDS
 from ddim_sched.tables.spacing import SPACINGS
-
-from .diffusers_oracle import diffusers_scheduler
-from .tolerances import EXACT_RTOL, FORWARD_RTOL, TABLE_RTOL, rel_l2
+from tests.diffusers_oracle import diffusers_scheduler
+from tests.tolerances import EXACT_RTOL, FORWARD_RTOL, TABLE_RTOL, rel_l2
 
 HYPOTHESIS = dict(deadline=None, derandomize=True, database=None, suppress_health_check=[HealthCheck.too_slow])
 SCHEDULES = ["linear", "scaled_linear", "squaredcos_cap_v2"]
@@ -72,7 +71,7 @@ def test_exact_prediction_recovers_x0_and_lands_on_the_forward_marginal(case, da
     scheduler = DDIMScheduler(**config, prediction_type=prediction_type)
     try:
         scheduler.set_timesteps(S)
-    except ValueError as err:  # zero SNR + epsilon on a schedule visiting ᾱ = 0: see test_errors.py
+    except ValueError as err:  # zero SNR + epsilon on a schedule visiting ᾱ = 0: see tests/ddim/test_errors.py
         assert config["rescale_betas_zero_snr"] and prediction_type == "epsilon" and "v_prediction" in str(err)
         return
     index = data.draw(st.integers(0, S - 1), label="step index")

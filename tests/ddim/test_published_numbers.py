@@ -11,8 +11,7 @@ import pytest
 import torch
 
 from ddim_sched import DDIMScheduler, kernel, spacing
-
-from .diffusers_oracle import diffusers_scheduler, dummy_model
+from tests.diffusers_oracle import diffusers_scheduler, dummy_model
 
 # --------------------------------------------------------------------------------------- §5 loops
 

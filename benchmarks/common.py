@@ -16,7 +16,9 @@ from dataclasses import dataclass, field
 import torch
 
 # Stable Diffusion's scheduler settings, with clipping and thresholding switched per case.
-SD_CONFIG = dict(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, set_alpha_to_one=False, steps_offset=1)
+SD_CONFIG = dict(
+    beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, set_alpha_to_one=False, steps_offset=1
+)
 CLIP_MODES = {
     "off": dict(clip_sample=False, thresholding=False),
     "clip": dict(clip_sample=True, thresholding=False),

@@ -110,7 +110,9 @@ def per_frame_row(scheduler, t_scalar, rounds: int, name: str) -> tuple[float, f
     count = len(scheduler.timesteps)
     pattern = scheduler.timesteps[torch.arange(16) * (count // 16)].reshape(1, 1, 16, 1, 1)
     g = torch.Generator().manual_seed(0)
-    patterns = [scheduler.timesteps[torch.randperm(count, generator=g)[:16]].reshape(1, 1, 16, 1, 1) for _ in range(200)]
+    patterns = [
+        scheduler.timesteps[torch.randperm(count, generator=g)[:16]].reshape(1, 1, 16, 1, 1) for _ in range(200)
+    ]
     counter = iter(range(10**9))
     timer = Timer(rounds=rounds)
     timer.run(
@@ -151,8 +153,9 @@ def device_row_case(rounds: int) -> None:
         x, m, _ = inputs(shape, torch.float32)
         x16, m16 = x.half(), m.half()
         timer = Timer(rounds=rounds)
-        with mock.patch.object(engine, "takes_host_weights", accelerator_choice), mock.patch.object(
-            scheduler_module, "takes_host_weights", accelerator_choice
+        with (
+            mock.patch.object(engine, "takes_host_weights", accelerator_choice),
+            mock.patch.object(scheduler_module, "takes_host_weights", accelerator_choice),
         ):
             timer.run({"fp32": lambda: ours.step(m, t, x), "forced": lambda: ours.step(m16, t, x16)})
         timer.run({"mixed": lambda: ours.step(m16, t, x)})
@@ -204,7 +207,10 @@ def main() -> None:
     print(f"Machine: {machine()}\n")
     floors = {(s, d): floor(s, d, Timer(rounds=rounds)) for s in (SMALL, LARGE) for d in dtypes}
     results = {}
-    print("| latents | dtype | η | clip | diffusers µs | ddim_sched µs | ddim_sched / diffusers | / floor | max rel. L2 diff |")
+    print(
+        "| latents | dtype | η | clip | diffusers µs | ddim_sched µs | ddim_sched / diffusers | / floor "
+        "| max rel. L2 diff |"
+    )
     print("|---|---|---|---|---|---|---|---|---|")
     for shape in (SMALL, LARGE):
         for dtype in dtypes:
@@ -229,7 +235,10 @@ def main() -> None:
         timer = Timer(rounds=rounds)
         timer.run({"diffusers": lambda: theirs.add_noise(x, z, t), "ddim_sched": lambda: ours.add_noise(x, z, t)})
         a, b = timer.best("diffusers"), timer.best("ddim_sched")
-        print(f"| {'×'.join(map(str, shape))} | {fmt_us(a)} | {fmt_us(b)} | {b / a:.3f} | {b / (floors[(shape, torch.float32)] * 3 / 4):.2f} |")
+        print(
+            f"| {'×'.join(map(str, shape))} | {fmt_us(a)} | {fmt_us(b)} | {b / a:.3f} "
+            f"| {b / (floors[(shape, torch.float32)] * 3 / 4):.2f} |"
+        )
 
     # Per-sample timesteps: 16 samples at 16 different timesteps in one call vs one scalar call.
     _, ours = schedulers("off")
@@ -263,7 +272,8 @@ def main() -> None:
     fl = floors[(LARGE, torch.float32)]
     in_place, new = timer.best("in_place"), timer.best("new")
     print(
-        f"\nIn place (out=sample), {'×'.join(map(str, LARGE))} fp32 η=0: {fmt_us(in_place)} µs ({in_place / fl:.2f}× floor); "
+        f"\nIn place (out=sample), {'×'.join(map(str, LARGE))} fp32 η=0: {fmt_us(in_place)} µs "
+        f"({in_place / fl:.2f}× floor); "
         f"new outputs {fmt_us(new)} µs ({new / fl:.2f}× floor)"
     )
 
@@ -346,7 +356,11 @@ def main() -> None:
         ),
         ("per-sample batch of 16 <= 2 × one scalar call", per_sample / scalar, per_sample / scalar <= 2),
         ("a new η every step <= 1.5 × a fixed η (worst size)", max(annealed_ratios), max(annealed_ratios) <= 1.5),
-        ("16 frames at 16 timesteps <= 1.5 × one scalar call", per_frame / frame_scalar, per_frame / frame_scalar <= 1.5),
+        (
+            "16 frames at 16 timesteps <= 1.5 × one scalar call",
+            per_frame / frame_scalar,
+            per_frame / frame_scalar <= 1.5,
+        ),
         ("T = 10^7: first step after set_timesteps < 10 ms (seconds)", huge_first_step, huge_first_step < 0.01),
     ]
     checks += flow_rows(rounds)

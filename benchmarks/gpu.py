@@ -173,7 +173,9 @@ def main() -> None:
     etas = (0.0,) if args.quick else (0.0, 1.0)
     clips = ("off", "threshold") if args.quick else ("off", "clip", "threshold")
     compile_step = not args.no_compile
-    header = "| latents | dtype | η | clip | diffusers µs | ddim_sched (tensor t) µs | % copy BW | (int t) µs | % copy BW |"
+    header = (
+        "| latents | dtype | η | clip | diffusers µs | ddim_sched (tensor t) µs | % copy BW | (int t) µs | % copy BW |"
+    )
     if compile_step:
         header += " compiled µs | % copy BW |"
     print("\n" + header + " rel. L2 diff |")

@@ -23,7 +23,9 @@ import torch
 
 from ddim_sched import DDIMScheduler
 
-CONFIG = dict(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, set_alpha_to_one=True, clip_sample=False)
+CONFIG = dict(
+    beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, set_alpha_to_one=True, clip_sample=False
+)
 N = 20_000
 
 
@@ -82,7 +84,9 @@ def main() -> None:
                 errors[rule] = scheduler
             t0 = int(errors["stride"].timesteps[0])
             alpha_bar = errors["stride"].alpha_bar[t0]
-            x_t = alpha_bar.sqrt() * x0_samples(kind, g) + (1 - alpha_bar).sqrt() * torch.randn(N, 1, generator=g, dtype=torch.float64)
+            x_t = alpha_bar.sqrt() * x0_samples(kind, g) + (1 - alpha_bar).sqrt() * torch.randn(
+                N, 1, generator=g, dtype=torch.float64
+            )
             reference = fine_solution(x_t, t0, eps_fn)
             differ = sum(
                 errors["stride"].previous_timestep(t) != errors["schedule"].previous_timestep(t)
@@ -94,7 +98,8 @@ def main() -> None:
             else:
                 better = min(result, key=result.get)
             print(
-                f"| {kind} | {spacing} | {steps} | {differ} | {result['stride']:.2e} | {result['schedule']:.2e} | {better} |",
+                f"| {kind} | {spacing} | {steps} | {differ} | {result['stride']:.2e} | {result['schedule']:.2e} "
+                f"| {better} |",
                 flush=True,
             )
 

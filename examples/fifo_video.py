@@ -111,7 +111,9 @@ def main(argv: list[str] | None = None) -> None:
     scheduler.set_timesteps(args.steps)
     model = toy_video_model(scheduler, channels, height, width)
     start = time.perf_counter()
-    frames, noise = fifo_sample(model, scheduler, args.frames, (channels, height, width), torch.Generator().manual_seed(0))
+    frames, noise = fifo_sample(
+        model, scheduler, args.frames, (channels, height, width), torch.Generator().manual_seed(0)
+    )
     elapsed = time.perf_counter() - start
     alone = torch.stack([sample_alone(model, scheduler, noise[k], k) for k in range(args.frames)])
     difference = float((frames - alone).abs().max())

@@ -269,7 +269,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         for i, arrival in enumerate((0, 3))
     ]
     batched = generate_staggered(unet, vae, ddim_sched.DDIMScheduler.from_config(config), requests, **options)
-    for i, (request, image) in enumerate(zip(requests, batched)):
+    for i, (request, image) in enumerate(zip(requests, batched, strict=True)):
         scheduler = ddim_sched.DDIMScheduler.from_config(config)
         alone = sample(scheduler, request.prompt_embeds, request.negative_prompt_embeds, i)
         error = np.linalg.norm(image - alone) / np.linalg.norm(alone)

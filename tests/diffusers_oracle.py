@@ -39,7 +39,8 @@ def diffusers_fields(config: dict[str, Any]) -> dict[str, Any]:
 
 
 def float64_betas(config: dict[str, Any]) -> torch.Tensor:
-    """β_1..β_T in float64 from the formulas of docs/concepts.md (beta schedules), written independently of ddim_sched."""
+    """β_1..β_T in float64 from the formulas of docs/concepts.md (beta schedules), written independently of
+    ddim_sched."""
     T = config.get("num_train_timesteps", 1000)
     start, end = config.get("beta_start", 0.0001), config.get("beta_end", 0.02)
     schedule = config.get("beta_schedule", "linear")
@@ -94,7 +95,8 @@ def closed_form_step(
     use_clipped_model_output: bool = False,
     variance_noise: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """DDIM eq. 12 written from docs/reference.md (k-diffusion's view) on ``scheduler``'s tables (diffusers' stride rule for ᾱ_prev).
+    """DDIM eq. 12 written from docs/reference.md (k-diffusion's view) on ``scheduler``'s tables (diffusers' stride
+    rule for ᾱ_prev).
 
     The direction coefficient √(1 − ᾱ_prev − σ²) is evaluated without cancellation, as
     √((1 − ᾱ_prev)/(1 − ᾱ_t) · ((1 − η²)(1 − ᾱ_t/ᾱ_prev) + ᾱ_t/ᾱ_prev · (1 − ᾱ_prev))): diffusers subtracts,
@@ -137,7 +139,7 @@ def exact_step(scheduler: diffusers.DDIMScheduler, model_output, timestep, sampl
     out = scheduler.step(model_output, timestep, sample, **kwargs)
     if not (torch.isfinite(out.prev_sample).all() and torch.isfinite(out.pred_original_sample).all()):
         return truth, True
-    for got, expected in zip((out.prev_sample, out.pred_original_sample), truth):
+    for got, expected in zip((out.prev_sample, out.pred_original_sample), truth, strict=True):
         error = float((got - expected).norm() / expected.norm().clamp(min=1e-30))
         assert error <= 1e-6, f"closed form and diffusers' float64 step differ by {error:.2e}"
     return truth, False

@@ -1,5 +1,3 @@
-import torch
-
 from ddim_sched import DDIMScheduler
 
 

@@ -96,7 +96,9 @@ def test_every_prediction_type_gives_the_same_ddim_step(eta):
     for p in PREDICTION_TYPES:
         scheduler = DDIMScheduler(clip_sample=False, prediction_type=p)
         scheduler.set_timesteps(20)
-        model = GaussianMixture(three_mode_mixture().means, three_mode_mixture().stds, [0.5, 0.3, 0.2], alpha_bar=scheduler)
+        model = GaussianMixture(
+            three_mode_mixture().means, three_mode_mixture().stds, [0.5, 0.3, 0.2], alpha_bar=scheduler
+        )
         t = int(scheduler.timesteps[3])
         outputs.append(scheduler.step(model.predict(x, t, p), t, x, eta=eta, variance_noise=noise))
     for out in outputs[1:]:
@@ -156,7 +158,9 @@ def test_posterior_mean_matches_importance_sampling(t):
     x0 = model.sample(n, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     a, b = ab(t)
     g = torch.Generator().manual_seed(2)
-    points = a * model.sample(4, generator=g, dtype=torch.float64) + b * torch.randn(4, 3, generator=g, dtype=torch.float64)
+    points = a * model.sample(4, generator=g, dtype=torch.float64) + b * torch.randn(
+        4, 3, generator=g, dtype=torch.float64
+    )
     exact = model.x0(points, t)
     for i in range(points.shape[0]):
         log_w = -((points[i] - a * x0) ** 2).sum(dim=1) / (2 * b**2)

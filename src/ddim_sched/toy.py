@@ -128,9 +128,7 @@ class GaussianMixture:
         return cls(mu, c, alpha_bar=alpha_bar)
 
     @classmethod
-    def ring(
-        cls, modes: int = 8, radius: float = 1.0, std: float = 0.1, *, alpha_bar: Any = None
-    ) -> GaussianMixture:
+    def ring(cls, modes: int = 8, radius: float = 1.0, std: float = 0.1, *, alpha_bar: Any = None) -> GaussianMixture:
         """``modes`` equal-weight isotropic 2-D Gaussians evenly spaced on a circle."""
         if isinstance(modes, bool) or not isinstance(modes, int) or modes < 1:
             raise ValueError(f"modes must be an int >= 1; got {modes!r}")
@@ -335,4 +333,3 @@ def sliced_wasserstein(
     px = (x64 @ theta).sort(dim=0).values
     py = (y64 @ theta).sort(dim=0).values
     return float(((px - py) ** 2).mean().sqrt())
-

@@ -22,7 +22,9 @@ CLASSES = [DDIMScheduler, DDIMInverseScheduler, DDIMParallelScheduler]
 @pytest.fixture
 def ddim_warnings(caplog):
     caplog.set_level(logging.WARNING, logger="ddim_sched")
-    return lambda: [r.getMessage() for r in caplog.records if r.name.startswith("ddim_sched") and r.levelno >= logging.WARNING]
+    return lambda: [
+        r.getMessage() for r in caplog.records if r.name.startswith("ddim_sched") and r.levelno >= logging.WARNING
+    ]
 
 
 @pytest.mark.parametrize("cls", CLASSES)
@@ -30,13 +32,18 @@ def test_config_metadata_keys_as_diffusers_carries_them(cls, tmp_path):
     scheduler = cls(beta_schedule="scaled_linear", timestep_spacing="trailing")
     config = scheduler.config
     assert config["_class_name"] == cls.__name__ and config["_diffusers_version"]
-    assert "beta_schedule" not in config["_use_default_values"] and "num_train_timesteps" in config["_use_default_values"]
+    assert (
+        "beta_schedule" not in config["_use_default_values"] and "num_train_timesteps" in config["_use_default_values"]
+    )
     scheduler.save_pretrained(tmp_path)
     loaded = cls.from_pretrained(tmp_path)
     assert "_use_default_values" not in loaded.config  # the file holds every field
     assert dict(loaded.config) == {k: v for k, v in config.items() if k != "_use_default_values"}
     # Keys listed in _use_default_values take the new class's defaults, as in diffusers.
-    assert cls.from_config({**config, "clip_sample": False, "_use_default_values": ["clip_sample"]}).config.clip_sample is True
+    assert (
+        cls.from_config({**config, "clip_sample": False, "_use_default_values": ["clip_sample"]}).config.clip_sample
+        is True
+    )
 
 
 def test_register_to_config_changes_fields_and_stores_other_keys():
@@ -80,7 +87,11 @@ def test_outputs_are_dicts_and_tuples():
     out = scheduler.step(x, 901, x)
     assert out.keys() == ("prev_sample", "pred_original_sample")
     assert all(a is b for a, b in zip(out.values(), out.to_tuple(), strict=True))
-    assert dict(out.items()) == dict(out) == {"prev_sample": out.prev_sample, "pred_original_sample": out.pred_original_sample}
+    assert (
+        dict(out.items())
+        == dict(out)
+        == {"prev_sample": out.prev_sample, "pred_original_sample": out.pred_original_sample}
+    )
     prev, x0 = scheduler.step(x, 901, x, return_dict=False)
     assert torch.equal(prev, out[0]) and torch.equal(x0, out["pred_original_sample"])
 
@@ -165,12 +176,17 @@ print(ddim_sched.compat.scheduler_mixin.DIFFUSERS_INTEGRATION)
     assert result.stdout.startswith("off:")
 
 
-@pytest.mark.parametrize("cls", [DDIMScheduler, DDIMInverseScheduler, DDIMParallelScheduler, ddim_sched.FlowMatchDDIMScheduler])
+@pytest.mark.parametrize(
+    "cls", [DDIMScheduler, DDIMInverseScheduler, DDIMParallelScheduler, ddim_sched.FlowMatchDDIMScheduler]
+)
 def test_repr_shows_the_class_and_its_config_but_not_a_table_of_betas(cls):
     if cls is ddim_sched.FlowMatchDDIMScheduler:
         scheduler, shown = cls(shift=3.0), "shift=3.0"
     else:
-        scheduler, shown = cls(trained_betas=[0.01] * 1000, prediction_type="v_prediction"), "prediction_type='v_prediction'"
+        scheduler, shown = (
+            cls(trained_betas=[0.01] * 1000, prediction_type="v_prediction"),
+            "prediction_type='v_prediction'",
+        )
     text = repr(scheduler)
     assert text.startswith(f"{cls.__name__}(num_train_timesteps=1000, ") and shown in text
     assert "0.01, 0.01" not in text and "trained_betas" not in text

@@ -41,9 +41,15 @@ def test_eta_one_gives_the_ddpm_posterior_variance():
 
 
 def test_get_variance_reference_numbers():
-    # docs/reference.md (diffusers' own DDIM test numbers): diffusers' _get_variance(t, prev) for the default linear schedule.
+    # docs/reference.md (diffusers' own DDIM test numbers): diffusers' _get_variance(t, prev) for the default linear
+    # schedule.
     alpha_bar = DDIMScheduler().alpha_bar
-    for (t, prev), expected in {(420, 400): 0.14771, (980, 960): 0.32460, (487, 486): 0.00979, (999, 998): 0.02}.items():
+    for (t, prev), expected in {
+        (420, 400): 0.14771,
+        (980, 960): 0.32460,
+        (487, 486): 0.00979,
+        (999, 998): 0.02,
+    }.items():
         sigma = ddim_coefficients(alpha_bar[t], alpha_bar[prev], 1.0, "epsilon")[COLUMN["sigma"]]
         assert abs(float(sigma**2) - expected) < 1e-5
 
@@ -96,9 +102,17 @@ def _inputs(shape, dtype, seed=0):
 def _all_paths(m, x, a_t, a_prev, eta, prediction_type, clip, use_clipped, noise):
     """ddim_step through host scalars, a [K] tensor and [B] rows of one coefficient row, and the engine through
     a schedule's cached device row (the path half precision takes on an accelerator)."""
-    c64 = ddim_coefficients(torch.tensor(a_t, dtype=torch.float64), torch.tensor(a_prev, dtype=torch.float64), eta, prediction_type)
+    c64 = ddim_coefficients(
+        torch.tensor(a_t, dtype=torch.float64), torch.tensor(a_prev, dtype=torch.float64), eta, prediction_type
+    )
     compute = torch.float64 if x.dtype == torch.float64 else torch.float32
-    kw = dict(clip=clip, use_clipped_model_output=use_clipped, noise=noise, dynamic_thresholding_ratio=0.9, sample_max_value=3.0)
+    kw = dict(
+        clip=clip,
+        use_clipped_model_output=use_clipped,
+        noise=noise,
+        dynamic_thresholding_ratio=0.9,
+        sample_max_value=3.0,
+    )
     levels = (float("nan"),) * (len(StepCoefficients._fields) - len(c64))  # not read by the engine
     device_row = _engine.device_row(StepCoefficients(*c64.tolist(), *levels), compute, x.device)
     bounds = X0Clip(clip, 1.0, 0.9, 3.0)
@@ -168,12 +182,22 @@ def test_out_writes_x_prev_into_any_input(prediction_type, clip, use_clipped, et
     x, m, z = _inputs(SHAPE, torch.float32)
     noise = z if eta > 0 else None
     prev_ref, x0_ref = reference_step(m, x, 0.3, 0.7, eta, prediction_type, clip, use_clipped, noise)
-    c64 = ddim_coefficients(torch.tensor(0.3, dtype=torch.float64), torch.tensor(0.7, dtype=torch.float64), eta, prediction_type)
+    c64 = ddim_coefficients(
+        torch.tensor(0.3, dtype=torch.float64), torch.tensor(0.7, dtype=torch.float64), eta, prediction_type
+    )
     kw = dict(clip=clip, use_clipped_model_output=use_clipped, dynamic_thresholding_ratio=0.9, sample_max_value=3.0)
     for coefficients in (c64.tolist(), c64.float().expand(SHAPE[0], -1)):
         inputs = {"sample": x.clone(), "model_output": m.clone(), "noise": None if noise is None else noise.clone()}
         out = torch.empty_like(x) if destination == "new" else inputs[destination]
-        prev, x0 = ddim_step(inputs["model_output"], inputs["sample"], coefficients, prediction_type, noise=inputs["noise"], out=out, **kw)
+        prev, x0 = ddim_step(
+            inputs["model_output"],
+            inputs["sample"],
+            coefficients,
+            prediction_type,
+            noise=inputs["noise"],
+            out=out,
+            **kw,
+        )
         assert prev is out
         assert rel_l2(prev, prev_ref) <= EXACT_RTOL[torch.float32]
         assert rel_l2(x0, x0_ref) <= EXACT_RTOL[torch.float32]
@@ -183,7 +207,9 @@ def test_out_writes_x_prev_into_any_input(prediction_type, clip, use_clipped, et
 def test_out_in_place_for_other_dtypes(dtype):
     x, m, _ = _inputs(SHAPE, dtype)
     prev_ref, _ = reference_step(m, x, 0.3, 0.7, 0.0, "v_prediction", "clip", False, None)
-    c64 = ddim_coefficients(torch.tensor(0.3, dtype=torch.float64), torch.tensor(0.7, dtype=torch.float64), 0.0, "v_prediction")
+    c64 = ddim_coefficients(
+        torch.tensor(0.3, dtype=torch.float64), torch.tensor(0.7, dtype=torch.float64), 0.0, "v_prediction"
+    )
     sample = x.clone()
     prev, _ = ddim_step(m, sample, c64.tolist(), "v_prediction", clip="clip", out=sample)
     assert prev is sample and prev.dtype == dtype
@@ -229,7 +255,10 @@ def test_half_inputs_are_computed_in_float32_and_returned_in_their_dtype(dtype, 
         ulp = torch.finfo(dtype).eps
         for out, ref in ((prev, prev_ref), (x0, x0_ref)):
             err = (out.double() - ref).abs()
-            assert bool((err <= ulp * ref.abs() + torch.finfo(dtype).tiny).all()), (path, float((err / ref.abs()).max()))
+            assert bool((err <= ulp * ref.abs() + torch.finfo(dtype).tiny).all()), (
+                path,
+                float((err / ref.abs()).max()),
+            )
 
 
 def test_half_inputs_beat_half_precision_arithmetic():

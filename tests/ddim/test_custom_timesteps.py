@@ -13,7 +13,13 @@ CUSTOM = [999, 850, 600, 420, 200, 75, 10]
 
 @pytest.mark.parametrize(
     "given",
-    [CUSTOM, np.array(CUSTOM), torch.tensor(CUSTOM), torch.tensor(CUSTOM, dtype=torch.int32), np.array(CUSTOM, dtype=np.float64)],
+    [
+        CUSTOM,
+        np.array(CUSTOM),
+        torch.tensor(CUSTOM),
+        torch.tensor(CUSTOM, dtype=torch.int32),
+        np.array(CUSTOM, dtype=np.float64),
+    ],
     ids=["list", "numpy", "tensor", "int32", "integral-floats"],
 )
 def test_accepts_sequences(given):
@@ -71,7 +77,11 @@ def test_device_argument():
     "kwargs, error, match",
     [
         ({}, ValueError, "exactly one of num_inference_steps and timesteps"),
-        ({"num_inference_steps": 7, "timesteps": CUSTOM}, ValueError, "exactly one of num_inference_steps and timesteps"),
+        (
+            {"num_inference_steps": 7, "timesteps": CUSTOM},
+            ValueError,
+            "exactly one of num_inference_steps and timesteps",
+        ),
         ({"timesteps": [10, 500, 20]}, ValueError, "strictly decreasing; got 10 then 500 at position 0"),
         ({"timesteps": [900, 500, 500, 20]}, ValueError, "must not repeat a timestep; got 500 at positions 1 and 2"),
         ({"timesteps": [1000, 10]}, ValueError, r"\[0, num_train_timesteps=1000\); got timesteps\[0\] = 1000"),
@@ -82,8 +92,19 @@ def test_device_argument():
         ({"timesteps": torch.tensor([9.0, 3.0])}, TypeError, "integers"),
         ({"timesteps": ["9", "3"]}, TypeError, "integers"),
     ],
-    ids=["neither", "both", "increasing", "duplicate", "too-large", "negative", "empty", "2-D", "fractional",
-         "float-tensor", "strings"],
+    ids=[
+        "neither",
+        "both",
+        "increasing",
+        "duplicate",
+        "too-large",
+        "negative",
+        "empty",
+        "2-D",
+        "fractional",
+        "float-tensor",
+        "strings",
+    ],
 )
 def test_rejects(kwargs, error, match):
     scheduler = DDIMScheduler()

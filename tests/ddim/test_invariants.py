@@ -169,7 +169,8 @@ def test_per_sample_timesteps_equal_stepping_each_sample_alone():
 @pytest.mark.parametrize("schedule", SCHEDULES)
 @pytest.mark.parametrize("T", [2, 10, 1000])
 def test_zero_snr_makes_terminal_alpha_bar_zero_and_keeps_the_first(schedule, T):
-    """Lin et al. Algorithm 1 (docs/concepts.md (beta schedules)): ᾱ_T = 0 exactly, ᾱ_0 unchanged, ᾱ still decreasing."""
+    """Lin et al. Algorithm 1 (docs/concepts.md (beta schedules)): ᾱ_T = 0 exactly, ᾱ_0 unchanged, ᾱ still
+    decreasing."""
     plain = DDIMScheduler(num_train_timesteps=T, beta_schedule=schedule).alpha_bar
     rescaled_scheduler = DDIMScheduler(num_train_timesteps=T, beta_schedule=schedule, rescale_betas_zero_snr=True)
     rescaled = rescaled_scheduler.alpha_bar
@@ -187,7 +188,8 @@ def test_zero_snr_makes_terminal_alpha_bar_zero_and_keeps_the_first(schedule, T)
 @given(T=st.one_of(st.just(1000), st.integers(1, 3000)), data=st.data(), name=st.sampled_from(sorted(SPACINGS)))
 def test_spacing_is_strictly_decreasing_in_range_and_of_length_S(T, data, name):
     """Every registered spacing gives S distinct timesteps in [0, T), noisiest first; "quad" drops the
-    duplicates its rule produces for large S (docs/concepts.md (timestep spacings)), so it gives the number of distinct values."""
+    duplicates its rule produces for large S (docs/concepts.md (timestep spacings)), so it gives the number of
+    distinct values."""
     S = data.draw(st.one_of(st.integers(1, min(T, 100)), st.integers(1, T)), label="num_inference_steps")
     alpha_bar = DDIMScheduler(num_train_timesteps=T).alpha_bar
     # The largest steps_offset that keeps every timestep below T (spacings that ignore it: any value).
@@ -305,7 +307,7 @@ def test_config_attribute_and_key_access_and_frozen():
     assert scheduler.config.timestep_spacing == scheduler.config["timestep_spacing"] == "trailing"
     assert set(DIFFUSERS_FIELDS) <= set(scheduler.config)
     with pytest.raises(AttributeError, match="no_such_field"):
-        scheduler.config.no_such_field
+        _ = scheduler.config.no_such_field
     with pytest.raises(TypeError):
         scheduler.config["num_train_timesteps"] = 5
     with pytest.raises(TypeError):

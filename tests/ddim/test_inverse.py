@@ -1,4 +1,5 @@
-"""DDIMInverseScheduler: differential parity with diffusers' DDIMInverseScheduler, and exact reversal of DDIMScheduler."""
+"""DDIMInverseScheduler: differential parity with diffusers' DDIMInverseScheduler, and exact reversal of
+DDIMScheduler."""
 
 import warnings
 
@@ -67,7 +68,9 @@ def test_matches_diffusers(config_and_steps, dtype):
         # ε̂ = (x − √ᾱ·x̂0)/√(1−ᾱ) from ᾱ_0 ≈ 1 − β_0: diffusers' float32 table loses about half of
         # the digits of 1 − ᾱ_0 when β_0 ~ 1e-5; give its arithmetic our float64 table instead.
         reference.alphas_cumprod = ours.alpha_bar
-        reference.initial_alpha_cumprod = torch.tensor(1.0 if config["set_alpha_to_one"] else float(ours.alpha_bar[0]), dtype=torch.float64)
+        reference.initial_alpha_cumprod = torch.tensor(
+            1.0 if config["set_alpha_to_one"] else float(ours.alpha_bar[0]), dtype=torch.float64
+        )
     assert ours.timesteps.tolist() == reference.timesteps.tolist()
     assert ours.timesteps.dtype == reference.timesteps.dtype
     x = y = torch.randn(2, 3, 4, 4, generator=torch.Generator().manual_seed(S)).to(dtype)
@@ -166,7 +169,9 @@ def test_per_sample_timesteps_equal_single_steps():
     output = toy_model(sample, 0)
     timesteps = torch.tensor([0, 500, 900])
     batched = inverse.step(output, timesteps, sample).prev_sample
-    single = torch.cat([inverse.step(output[i : i + 1], int(t), sample[i : i + 1]).prev_sample for i, t in enumerate(timesteps)])
+    single = torch.cat(
+        [inverse.step(output[i : i + 1], int(t), sample[i : i + 1]).prev_sample for i, t in enumerate(timesteps)]
+    )
     assert rel_l2(batched, single) < EXACT_RTOL[torch.float64]
 
 

@@ -17,7 +17,9 @@ def _inputs(batch=6, seed=0):
 
 
 @pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction", "sample"])
-@pytest.mark.parametrize("clip", [{"clip_sample": False}, {"clip_sample": True}, {"thresholding": True, "sample_max_value": 2.0}])
+@pytest.mark.parametrize(
+    "clip", [{"clip_sample": False}, {"clip_sample": True}, {"thresholding": True, "sample_max_value": 2.0}]
+)
 def test_batch_step_no_noise_equals_diffusers_at_eta_zero(prediction_type, clip):
     config = dict(prediction_type=prediction_type, **clip)
     ours, theirs = DDIMParallelScheduler(**config), diffusers.DDIMParallelScheduler(**config)
@@ -49,7 +51,9 @@ def test_batch_step_no_noise_is_the_step_without_noise(set_alpha_to_one, rule):
     sigma = scheduler._batch_get_variance(t, scheduler.previous_timestep(t)).sqrt() * eta
     assert rel_l2(batched + sigma.reshape(-1, 1, 1, 1) * z, noisy) <= EXACT_RTOL[torch.float32]
     for i in range(7):
-        alone = scheduler.step(m[i : i + 1], int(t[i]), x[i : i + 1], eta=float(eta[i]), variance_noise=0 * z[i : i + 1])
+        alone = scheduler.step(
+            m[i : i + 1], int(t[i]), x[i : i + 1], eta=float(eta[i]), variance_noise=0 * z[i : i + 1]
+        )
         assert rel_l2(batched[i : i + 1], alone.prev_sample) <= EXACT_RTOL[torch.float32]
 
 

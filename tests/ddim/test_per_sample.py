@@ -61,7 +61,12 @@ def test_batched_call_equals_single_calls(
     for i in range(B):
         eta_i = eta[i] if isinstance(eta, list) else eta
         single = scheduler.step(
-            m[i : i + 1], int(timesteps[i]), x[i : i + 1], eta=eta_i, use_clipped_model_output=use_clipped, variance_noise=z[i : i + 1]
+            m[i : i + 1],
+            int(timesteps[i]),
+            x[i : i + 1],
+            eta=eta_i,
+            use_clipped_model_output=use_clipped,
+            variance_noise=z[i : i + 1],
         )
         assert rel_l2(batched.prev_sample[i], single.prev_sample[0]) <= EXACT_RTOL[dtype]
         assert rel_l2(batched.pred_original_sample[i], single.pred_original_sample[0]) <= EXACT_RTOL[dtype]
@@ -114,7 +119,9 @@ def test_final_step_honours_set_alpha_to_one_where_ddim_parallel_does_not(observ
     final_ref, _ = reference_step(m[1:], x[1:], alpha_bar[0], alpha_bar[0], 0.0, "epsilon", "none", False, None)
     assert rel_l2(ours_prev[1], final_ref[0]) <= EXACT_RTOL[torch.float32]
     buggy_ref, _ = reference_step(m[1:], x[1:], alpha_bar[0], 1.0, 0.0, "epsilon", "none", False, None)
-    observe(f"diffusers' batch_step_no_noise final step is {rel_l2(theirs_prev[1], buggy_ref[0]):.1e} from alpha_bar = 1")
+    observe(
+        f"diffusers' batch_step_no_noise final step is {rel_l2(theirs_prev[1], buggy_ref[0]):.1e} from alpha_bar = 1"
+    )
 
 
 # ----------------------------------------------------------------------------- explicit successors
@@ -130,7 +137,9 @@ def test_explicit_prev_timestep(set_alpha_to_one):
     t = torch.tensor([900, 450, 37])
     prev = torch.tensor([850, -1, -7])  # negative: past the last step
     got = scheduler.step(m, t, x, eta=0.5, variance_noise=z, prev_timestep=prev)
-    a_prev = torch.stack([alpha_bar[850], torch.tensor(final, dtype=torch.float64), torch.tensor(final, dtype=torch.float64)])
+    a_prev = torch.stack(
+        [alpha_bar[850], torch.tensor(final, dtype=torch.float64), torch.tensor(final, dtype=torch.float64)]
+    )
     expected, x0 = reference_step(m, x, alpha_bar[t], a_prev, 0.5, "v_prediction", "none", False, z)
     assert rel_l2(got.prev_sample, expected) <= EXACT_RTOL[torch.float64]
     assert rel_l2(got.pred_original_sample, x0) <= EXACT_RTOL[torch.float64]
@@ -199,7 +208,8 @@ def test_rules_agree_for_leading_spacing(steps, offset):
     [("linspace", 10, 999, 899, 888), ("trailing", 13, 999, 923, 922)],
 )
 def test_rules_differ_where_reference_says_diffusers_is_wrong(spacing, steps, t, stride_prev, schedule_prev):
-    # docs/migration.md (diffusers defects): linspace S=10 visits 999 → 888 but the stride lands on 899 (#11347, #12633);
+    # docs/migration.md (diffusers defects): linspace S=10 visits 999 → 888 but the stride lands on 899 (#11347,
+    # #12633);
     # trailing S=13 visits 999 → 922 but the stride lands on 923 (#9261).
     stride, schedule = _pair(timestep_spacing=spacing, clip_sample=False)
     stride.set_timesteps(steps)
@@ -218,7 +228,9 @@ def test_schedule_rule_lands_on_the_next_forward_marginal(spacing, steps, predic
     # Feed the exact model output for x_t = √ᾱ_t·x0 + √(1−ᾱ_t)·ε: with η = 0 the step must return
     # √ᾱ_next·x0 + √(1−ᾱ_next)·ε where next is the next timestep the schedule visits (the final ᾱ
     # after the last). So every model call happens at the noise level it is told.
-    config = dict(timestep_spacing=spacing, clip_sample=False, prediction_type=prediction_type, set_alpha_to_one=set_alpha_to_one)
+    config = dict(
+        timestep_spacing=spacing, clip_sample=False, prediction_type=prediction_type, set_alpha_to_one=set_alpha_to_one
+    )
     stride, schedule = _pair(**config)
     stride.set_timesteps(steps)
     schedule.set_timesteps(steps)
@@ -230,12 +242,15 @@ def test_schedule_rule_lands_on_the_next_forward_marginal(spacing, steps, predic
     for i, t in enumerate(visited):
         a_t = alpha_bar[t]
         x_t = a_t.sqrt() * x0 + (1 - a_t).sqrt() * eps
-        model_output = {"epsilon": eps, "sample": x0, "v_prediction": a_t.sqrt() * eps - (1 - a_t).sqrt() * x0}[prediction_type]
+        model_output = {"epsilon": eps, "sample": x0, "v_prediction": a_t.sqrt() * eps - (1 - a_t).sqrt() * x0}[
+            prediction_type
+        ]
         a_next = alpha_bar[visited[i + 1]] if i + 1 < len(visited) else torch.tensor(final, dtype=torch.float64)
         marginal = a_next.sqrt() * x0 + (1 - a_next).sqrt() * eps
         got = schedule.step(model_output, t, x_t).prev_sample
         assert rel_l2(got, marginal) <= EXACT_RTOL[torch.float64], (t, rel_l2(got, marginal))
         stride_misses += rel_l2(stride.step(model_output, t, x_t).prev_sample, marginal) > 1e-6
+
     # The stride rule misses the next marginal wherever its successor has another ᾱ than the next
     # visited timestep's.
     def alpha_bar_of(prev):

@@ -1,6 +1,7 @@
 """Published numbers (docs/concepts.md and docs/reference.md) reproduced independently by ddim_sched.
 
-Every expected value here is a published fact, cited by its page in docs/ (reference.md, concepts.md); none is copied from our
+Every expected value here is a published fact, cited by its page in docs/ (reference.md, concepts.md); none is copied
+from our
 own output. Tolerances are those of the source: diffusers' own scheduler tests check sums to 1e-2,
 means to 1e-3 and variances to 1e-5; Lin et al.'s table values to half a unit of their last digit.
 """
@@ -19,7 +20,8 @@ from tests.diffusers_oracle import diffusers_scheduler, dummy_model
 def dummy_sample_deter() -> torch.Tensor:
     """diffusers' deterministic test sample: arange(4·3·8·8) reshaped (3, 8, 8, 4), / 768, permuted to (4, 3, 8, 8).
 
-    docs/reference.md (diffusers' own DDIM test numbers) writes arange(384), but its sums and means (e.g. 172.0067 / 0.223967 = 768.0)
+    docs/reference.md (diffusers' own DDIM test numbers) writes arange(384), but its sums and means (e.g. 172.0067 /
+    0.223967 = 768.0)
     imply 768 elements, which is what the (4, 3, 8, 8) shape holds. The element order is irrelevant
     to the sums: the dummy model and the step act elementwise.
     """
@@ -30,7 +32,8 @@ def dummy_sample_deter() -> torch.Tensor:
 
 
 def full_loop(scheduler) -> torch.Tensor:
-    """docs/reference.md (diffusers' own DDIM test numbers): set_timesteps(10), then x = step(m(x, t), t, x, η=0).prev_sample for each t."""
+    """docs/reference.md (diffusers' own DDIM test numbers): set_timesteps(10), then x = step(m(x, t), t, x,
+    η=0).prev_sample for each t."""
     scheduler.set_timesteps(10)
     x = dummy_sample_deter()
     for t in scheduler.timesteps:
@@ -68,7 +71,8 @@ def test_full_loop_reproduces_diffusers_published_sums(overrides, expected_sum, 
     [(0, 0, 0.0), (420, 400, 0.14771), (980, 960, 0.32460), (487, 486, 0.00979), (999, 998, 0.02)],
 )
 def test_ddpm_posterior_variance_matches_published_get_variance(t, prev, expected):
-    """docs/reference.md (diffusers' own DDIM test numbers): diffusers' _get_variance(t, prev) = σ² at η = 1 (default linear schedule)."""
+    """docs/reference.md (diffusers' own DDIM test numbers): diffusers' _get_variance(t, prev) = σ² at η = 1 (default
+    linear schedule)."""
     alpha_bar = DDIMScheduler().alpha_bar
     coefficients = kernel.ddim_coefficients(alpha_bar[t], alpha_bar[prev], 1.0, "epsilon")
     variance = coefficients[..., kernel.COLUMN["sigma"]].item() ** 2

@@ -37,8 +37,17 @@ def _expected(scheduler, m, x, t, eta, clip, noise):
     prev = scheduler.previous_timestep(t)
     alpha_bar = torch.cat([torch.tensor([scheduler.final_alpha_cumprod.double().item()]), scheduler.alpha_bar])
     return closed_form_step(
-        m, x, alpha_bar[t + 1], alpha_bar[prev + 1], eta, scheduler.config.prediction_type, clip,
-        noise=noise, clip_range=1.5, ratio=0.9, max_value=3.0,
+        m,
+        x,
+        alpha_bar[t + 1],
+        alpha_bar[prev + 1],
+        eta,
+        scheduler.config.prediction_type,
+        clip,
+        noise=noise,
+        clip_range=1.5,
+        ratio=0.9,
+        max_value=3.0,
     )
 
 
@@ -106,7 +115,9 @@ def test_inverse_scheduler_step_is_differentiable():
     scheduler = DDIMInverseScheduler(clip_sample=False)
     scheduler.set_timesteps(10)
     x, m, _ = _inputs((2, 3))
-    assert torch.autograd.gradcheck(lambda a, b: scheduler.step(a, 401, b).prev_sample, (m.requires_grad_(), x.requires_grad_()))
+    assert torch.autograd.gradcheck(
+        lambda a, b: scheduler.step(a, 401, b).prev_sample, (m.requires_grad_(), x.requires_grad_())
+    )
 
 
 @pytest.mark.parametrize("cls", [DDIMScheduler, ddim_sched.FlowMatchDDIMScheduler])
@@ -117,7 +128,11 @@ def test_steps_under_inference_mode_leave_the_scheduler_usable_by_autograd(cls, 
     scheduler = cls()
     scheduler.set_timesteps(10)
     x, m, _ = _inputs((1, 2, 3, 4, 4), torch.float32)
-    t = scheduler.timesteps[torch.tensor([1, 4, 7])].reshape(1, 1, 3, 1, 1) if timestep == "per-frame" else scheduler.timesteps[3]
+    t = (
+        scheduler.timesteps[torch.tensor([1, 4, 7])].reshape(1, 1, 3, 1, 1)
+        if timestep == "per-frame"
+        else scheduler.timesteps[3]
+    )
     inputs = (m.half(), x) if timestep == "half model output" else (m, x)
 
     def gradient(scheduler):
@@ -174,7 +189,9 @@ def _layout(tensor: torch.Tensor, kind: str) -> torch.Tensor:
     out=st.sampled_from([None, "new", "sample"]),
     seed=st.integers(0, 1000),
 )
-def test_any_layout_gives_the_contiguous_closed_form(ndim, sample_layout, output_layout, dtype, timestep, eta, clip, out, seed):
+def test_any_layout_gives_the_contiguous_closed_form(
+    ndim, sample_layout, output_layout, dtype, timestep, eta, clip, out, seed
+):
     import numpy as np
 
     shape = (2, 3, 5, 4, 6)[:ndim]
@@ -187,13 +204,20 @@ def test_any_layout_gives_the_contiguous_closed_form(ndim, sample_layout, output
     t = {"int": 501, "0-d": torch.tensor(501), "[B]": torch.tensor(t_values), "numpy": np.int32(501)}[timestep]
     eta_arg = torch.tensor([0.8, 0.3], dtype=torch.float64) if eta == "tensor" else eta
     eta_values = [0.8, 0.3] if eta == "tensor" else [eta, eta]
-    x_in, m_in, z_in = (_layout(v.to(dtype), kind) for v, kind in ((x, sample_layout), (m, output_layout), (z, output_layout)))
+    x_in, m_in, z_in = (
+        _layout(v.to(dtype), kind) for v, kind in ((x, sample_layout), (m, output_layout), (z, output_layout))
+    )
     if out == "sample" and sample_layout == "expanded":
         out = "new"  # writing into a stride-0 tensor is refused (test_out_must_not_be_expanded)
     destination = {None: None, "new": torch.empty(shape, dtype=dtype), "sample": x_in}[out]
     expected = _expected(
-        scheduler, m_in.double(), x_in.double(), torch.tensor(t_values), torch.tensor(eta_values, dtype=torch.float64),
-        clip, z_in.double(),
+        scheduler,
+        m_in.double(),
+        x_in.double(),
+        torch.tensor(t_values),
+        torch.tensor(eta_values, dtype=torch.float64),
+        clip,
+        z_in.double(),
     )
     got = scheduler.step(m_in, t, x_in, eta=eta_arg, variance_noise=z_in, out=destination)
     assert got.prev_sample.dtype == got.pred_original_sample.dtype == dtype
@@ -298,7 +322,8 @@ def test_threads_stepping_while_another_replans_never_see_a_stale_schedule():
     t = 666  # not visited by either schedule: lands at t − 99 (S = 10) or t − 49 (S = 20)
     expected = {
         (steps, eta): references[steps].step(m, t, x, eta=eta, variance_noise=z).prev_sample
-        for steps in (10, 20) for eta in etas
+        for steps in (10, 20)
+        for eta in etas
     }
     stop, failures = threading.Event(), []
 
@@ -372,18 +397,34 @@ def test_zero_snr_epsilon_raises_for_every_host_timestep_type():
 @pytest.mark.parametrize(
     "timestep",
     [
-        501, "np.int32", "np.int64", "np.uint16", "np.uint64", "0-d array", "0-d int8 tensor", "0-d int16 tensor",
-        "0-d int32 tensor", "0-d uint8 tensor", "[1] int32 tensor", "0-d uint64 tensor",
+        501,
+        "np.int32",
+        "np.int64",
+        "np.uint16",
+        "np.uint64",
+        "0-d array",
+        "0-d int8 tensor",
+        "0-d int16 tensor",
+        "0-d int32 tensor",
+        "0-d uint8 tensor",
+        "[1] int32 tensor",
+        "0-d uint64 tensor",
     ],
 )
 def test_every_integer_timestep_type_steps_alike(timestep):
     import numpy as np
 
     values = {
-        "np.int32": np.int32(201), "np.int64": np.int64(201), "np.uint16": np.uint16(201), "np.uint64": np.uint64(201),
-        "0-d array": np.array(201), "0-d int8 tensor": torch.tensor(101, dtype=torch.int8),
-        "0-d int16 tensor": torch.tensor(201, dtype=torch.int16), "0-d int32 tensor": torch.tensor(201, dtype=torch.int32),
-        "0-d uint8 tensor": torch.tensor(201, dtype=torch.uint8), "[1] int32 tensor": torch.tensor([201], dtype=torch.int32),
+        "np.int32": np.int32(201),
+        "np.int64": np.int64(201),
+        "np.uint16": np.uint16(201),
+        "np.uint64": np.uint64(201),
+        "0-d array": np.array(201),
+        "0-d int8 tensor": torch.tensor(101, dtype=torch.int8),
+        "0-d int16 tensor": torch.tensor(201, dtype=torch.int16),
+        "0-d int32 tensor": torch.tensor(201, dtype=torch.int32),
+        "0-d uint8 tensor": torch.tensor(201, dtype=torch.uint8),
+        "[1] int32 tensor": torch.tensor([201], dtype=torch.int32),
     }
     if timestep == "0-d uint64 tensor":
         if not hasattr(torch, "uint64"):
@@ -426,10 +467,19 @@ def test_per_frame_timesteps_equal_stepping_each_frame_alone():
     for b in range(B):
         for f in range(F):
             alone = scheduler.step(
-                m[b : b + 1, :, f], int(t[b, 0, f]), x[b : b + 1, :, f], eta=float(eta[b, 0, f]), variance_noise=z[b : b + 1, :, f]
+                m[b : b + 1, :, f],
+                int(t[b, 0, f]),
+                x[b : b + 1, :, f],
+                eta=float(eta[b, 0, f]),
+                variance_noise=z[b : b + 1, :, f],
             )
             assert rel_l2(out.prev_sample[b : b + 1, :, f], alone.prev_sample) <= EXACT_RTOL[torch.float32]
-            assert rel_l2(noisy[b : b + 1, :, f], scheduler.add_noise(x[b : b + 1, :, f], z[b : b + 1, :, f], int(t[b, 0, f]))) <= 1e-7
+            assert (
+                rel_l2(
+                    noisy[b : b + 1, :, f], scheduler.add_noise(x[b : b + 1, :, f], z[b : b + 1, :, f], int(t[b, 0, f]))
+                )
+                <= 1e-7
+            )
     with pytest.raises(ValueError, match="broadcasts over the sample's leading dimensions"):
         scheduler.step(m, torch.zeros(B, F, dtype=torch.int64), x)
 
@@ -554,7 +604,18 @@ class _DispatchedOps(torch.utils._python_dispatch.TorchDispatchMode):
 
 
 # Ops that allocate or view memory without a pass over it.
-_NO_PASS = ("empty", "empty_like", "view", "_unsafe_view", "unbind", "select", "slice", "reshape", "expand", "as_strided")
+_NO_PASS = (
+    "empty",
+    "empty_like",
+    "view",
+    "_unsafe_view",
+    "unbind",
+    "select",
+    "slice",
+    "reshape",
+    "expand",
+    "as_strided",
+)
 
 
 @pytest.mark.parametrize("scheduler_class", [DDIMScheduler, ddim_sched.FlowMatchDDIMScheduler])

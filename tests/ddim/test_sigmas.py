@@ -1,4 +1,5 @@
-"""DDIMScheduler.sigmas and the k-diffusion equivalence: DDIM η=0 is Euler on σ in x/√ᾱ coordinates (docs/reference.md (k-diffusion's view))."""
+"""DDIMScheduler.sigmas and the k-diffusion equivalence: DDIM η=0 is Euler on σ in x/√ᾱ coordinates
+(docs/reference.md (k-diffusion's view))."""
 
 import warnings
 
@@ -18,7 +19,8 @@ def model(x, t):
 
 
 def to_x0_eps(output, x, alpha_bar, prediction_type):
-    """(x̂0, ε̂) from a model output at x on level ᾱ (docs/reference.md (k-diffusion's view)), written out independently."""
+    """(x̂0, ε̂) from a model output at x on level ᾱ (docs/reference.md (k-diffusion's view)), written out
+    independently."""
     a, b = alpha_bar.sqrt(), (1 - alpha_bar).sqrt()
     if prediction_type == "epsilon":
         return (x - b * output) / a, output
@@ -33,7 +35,7 @@ def test_sigmas_values():
     alpha_bar = scheduler.alpha_bar
     sigmas = scheduler.sigmas
     assert sigmas.dtype == torch.float64 and sigmas.shape == (6,)
-    for sigma, t in zip(sigmas, scheduler.timesteps.tolist()):
+    for sigma, t in zip(sigmas[:-1], scheduler.timesteps.tolist(), strict=True):
         assert float(sigma) == pytest.approx(float(((1 - alpha_bar[t]) / alpha_bar[t]).sqrt()), rel=1e-15)
     assert float(sigmas[-1]) == 0.0  # set_alpha_to_one: the final ᾱ is 1
     other = DDIMScheduler(**SD, steps_offset=1, set_alpha_to_one=False)
@@ -55,7 +57,9 @@ def test_sigmas_equal_diffusers_euler(set_alpha_to_one, final_sigmas_type, spaci
     ours = DDIMScheduler(**SD, steps_offset=1, timestep_spacing=spacing, set_alpha_to_one=set_alpha_to_one)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        euler = EulerDiscreteScheduler(**SD, steps_offset=1, timestep_spacing=spacing, final_sigmas_type=final_sigmas_type)
+        euler = EulerDiscreteScheduler(
+            **SD, steps_offset=1, timestep_spacing=spacing, final_sigmas_type=final_sigmas_type
+        )
     ours.set_timesteps(25)
     euler.set_timesteps(25)
     assert ours.timesteps.tolist() == euler.timesteps.long().tolist()

@@ -25,9 +25,21 @@ needs_dev_full = pytest.mark.skipif(not os.path.exists("/dev/full"), reason="nee
 # Small tensors: one torch thread is faster than handing each op to a second one.
 pytestmark = pytest.mark.usefixtures("one_thread")
 SRC = str(Path(__file__).resolve().parents[2] / "src")
-ZERO_SNR_FLAGS = ["--rescale-betas-zero-snr", "--prediction-type", "v_prediction", "--timestep-spacing", "trailing",
-                  "--beta-schedule", "scaled_linear", "--beta-start", "0.00085", "--beta-end", "0.012",
-                  "--no-clip-sample", "--no-set-alpha-to-one"]
+ZERO_SNR_FLAGS = [
+    "--rescale-betas-zero-snr",
+    "--prediction-type",
+    "v_prediction",
+    "--timestep-spacing",
+    "trailing",
+    "--beta-schedule",
+    "scaled_linear",
+    "--beta-start",
+    "0.00085",
+    "--beta-end",
+    "0.012",
+    "--no-clip-sample",
+    "--no-set-alpha-to-one",
+]
 
 
 def run(capsys, *argv):
@@ -38,8 +50,13 @@ def run(capsys, *argv):
 
 
 def run_process(*argv, **kwargs):
-    return subprocess.run([sys.executable, "-m", "ddim_sched", *argv], capture_output=True, text=True,
-                          env={**os.environ, "PYTHONPATH": SRC}, **kwargs)
+    return subprocess.run(
+        [sys.executable, "-m", "ddim_sched", *argv],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": SRC},
+        **kwargs,
+    )
 
 
 def assert_png(path):
@@ -111,9 +128,12 @@ def test_demo_checks_its_destination_before_sampling(capsys, tmp_path, monkeypat
     assert code == 2 and out == "" and err.startswith("ddim-sched demo: error: --out:")
     if Path("/proc").is_dir():
         code, out, err = run(capsys, "demo", "--quick", "--out", "/proc/x.png")
-        assert code == 2 and out == "" and err.strip().splitlines() == [
-            "ddim-sched demo: error: --out: cannot write '/proc/x.png': No such file or directory"
-        ]
+        assert (
+            code == 2
+            and out == ""
+            and err.strip().splitlines()
+            == ["ddim-sched demo: error: --out: cannot write '/proc/x.png': No such file or directory"]
+        )
 
 
 def test_demo_without_matplotlib_still_prints_the_tables(capsys, tmp_path, monkeypatch):
@@ -165,8 +185,9 @@ def test_schedule_table_marks_the_stride_rule_on_linspace(capsys):
     first = next(line for line in out.splitlines() if line.split()[:2] == ["0", "999"])
     assert first.split()[2:4] == ["899", "888"] and first.endswith("*")
     assert "9 step(s) land on a timestep other than the next one visited" in out
-    code, out, _ = run(capsys, "schedule", "--timestep-spacing", "linspace", "--steps", "10", "--prev-timestep-rule",
-                       "schedule")
+    code, out, _ = run(
+        capsys, "schedule", "--timestep-spacing", "linspace", "--steps", "10", "--prev-timestep-rule", "schedule"
+    )
     assert code == 0 and "*" not in out
 
 
@@ -218,8 +239,19 @@ def test_schedule_zero_snr_from_a_config_file_with_overrides(capsys, tmp_path):
     sqrt_terminal = float(re.search(r"\(sqrt ([0-9.e-]+)", out).group(1))
     assert sqrt_terminal == pytest.approx(0.068265, abs=5e-7)
     code, out, _ = run(
-        capsys, "schedule", "--config", str(folder), "--rescale-betas-zero-snr", "--timestep-spacing", "trailing",
-        "--prediction-type", "v_prediction", "--format", "json", "--steps", "5",
+        capsys,
+        "schedule",
+        "--config",
+        str(folder),
+        "--rescale-betas-zero-snr",
+        "--timestep-spacing",
+        "trailing",
+        "--prediction-type",
+        "v_prediction",
+        "--format",
+        "json",
+        "--steps",
+        "5",
     )
     assert code == 0
     first = json.loads(out)["steps"][0]
@@ -245,18 +277,25 @@ def test_schedule_plot_without_matplotlib_says_how_to_install(capsys, tmp_path, 
 def test_schedule_plot_to_a_full_device_is_an_environment_error(capsys):
     code, out, err = run(capsys, "schedule", "--plot", "/dev/full")
     assert code == 2 and out == ""
-    assert err.strip().splitlines() == ["ddim-sched schedule: error: --plot: cannot write '/dev/full': "
-                                        "No space left on device"]
+    assert err.strip().splitlines() == [
+        "ddim-sched schedule: error: --plot: cannot write '/dev/full': No space left on device"
+    ]
 
 
 @needs_dev_full
 def test_output_to_a_full_device_is_an_environment_error():
     with open("/dev/full", "w") as full:
-        result = subprocess.run([sys.executable, "-m", "ddim_sched", "schedule", "--steps", "1000"], stdout=full,
-                                stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": SRC})
+        result = subprocess.run(
+            [sys.executable, "-m", "ddim_sched", "schedule", "--steps", "1000"],
+            stdout=full,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "PYTHONPATH": SRC},
+        )
     assert result.returncode == 2, result.stderr
-    assert result.stderr.strip().splitlines() == ["ddim-sched schedule: error: cannot write the output: "
-                                                  "No space left on device"]
+    assert result.stderr.strip().splitlines() == [
+        "ddim-sched schedule: error: cannot write the output: No space left on device"
+    ]
 
 
 # ---------------------------------------------------------------------- compare
@@ -299,8 +338,9 @@ def test_compare_explains_the_trailing_extra_timestep(capsys):
 
 def test_compare_explains_the_successor_rule(capsys):
     pytest.importorskip("diffusers")
-    code, out, _ = run(capsys, "compare", "--steps", "10", "--timestep-spacing", "linspace", "--prev-timestep-rule",
-                       "schedule")
+    code, out, _ = run(
+        capsys, "compare", "--steps", "10", "--timestep-spacing", "linspace", "--prev-timestep-rule", "schedule"
+    )
     assert code == 0, out
     assert "--prev-timestep-rule 'schedule'" in out and "lands on 888 vs 899" in out
     assert "successor_rule" in out and "docs/migration.md" in out and out.strip().splitlines()[-1] == "EXPLAINED"
@@ -341,8 +381,9 @@ def test_compare_report_to_a_full_device_is_an_environment_error(capsys):
     pytest.importorskip("diffusers")
     code, out, err = run(capsys, "compare", "--steps", "5", "--out", "/dev/full")
     assert code == 2 and out == "" and "MATCH" not in out
-    assert err.strip().splitlines() == ["ddim-sched compare: error: --out: cannot write '/dev/full': "
-                                        "No space left on device"]
+    assert err.strip().splitlines() == [
+        "ddim-sched compare: error: --out: cannot write '/dev/full': No space left on device"
+    ]
 
 
 def test_compare_without_diffusers(capsys, monkeypatch):
@@ -407,8 +448,12 @@ def _text_file(tmp_path):
 )
 def test_usage_errors_exit_2_and_name_the_flag(capsys, tmp_path, monkeypatch, argv, names):
     never_sample(monkeypatch)
-    values = {"tmp": str(tmp_path), "bad_json": _bad_json(tmp_path), "bad_value": _bad_value(tmp_path),
-              "text_file": _text_file(tmp_path)}
+    values = {
+        "tmp": str(tmp_path),
+        "bad_json": _bad_json(tmp_path),
+        "bad_value": _bad_value(tmp_path),
+        "text_file": _text_file(tmp_path),
+    }
     code, out, err = run(capsys, *[a.format(**values) for a in argv])
     assert code == 2
     for name in names:
@@ -442,8 +487,10 @@ def test_cuda_device_without_cuda_is_a_usage_error(capsys):
     assert code == 2 and "--device cuda: CUDA is not available" in err
 
 
-@pytest.mark.parametrize("command, flags", [("demo", ["--quick", "--out"]), ("schedule", ["--config", "--plot"]),
-                                             ("compare", ["--config", "--rtol"])])
+@pytest.mark.parametrize(
+    "command, flags",
+    [("demo", ["--quick", "--out"]), ("schedule", ["--config", "--plot"]), ("compare", ["--config", "--rtol"])],
+)
 def test_help_for_each_subcommand(capsys, command, flags):
     code, out, _ = run(capsys, "--help")
     assert code == 0 and "{demo,schedule,compare}" in out

@@ -218,8 +218,13 @@ def test_progress_bar_writes_only_when_enabled():
 
 @pytest.mark.parametrize(
     "config",
-    [dict(clip_sample=False), dict(clip_sample=False, timestep_spacing="linspace"),
-     dict(clip_sample=False, rescale_betas_zero_snr=True, timestep_spacing="trailing", prediction_type="v_prediction")],
+    [
+        dict(clip_sample=False),
+        dict(clip_sample=False, timestep_spacing="linspace"),
+        dict(
+            clip_sample=False, rescale_betas_zero_snr=True, timestep_spacing="trailing", prediction_type="v_prediction"
+        ),
+    ],
 )
 def test_schedule_sigma_is_the_schedulers_own_noise_coefficient(config):
     # The σ the scheduler's step multiplies its noise by, read with unit inputs, at eta = 0.7.

@@ -129,7 +129,9 @@ echo no
 """
     blocks = python_blocks(ROOT / "x.md", text)
     assert [(b.line, b.code, b.skip) for b in blocks] == [
-        (3, "a = 1\n", None), (8, "b = 2\n", "needs a GPU"), (15, "if c:\n    c = 3\n", None)
+        (3, "a = 1\n", None),
+        (8, "b = 2\n", "needs a GPU"),
+        (15, "if c:\n    c = 3\n", None),
     ]
     with pytest.raises(ValueError, match="unclosed"):
         python_blocks(ROOT / "x.md", "```python\nx = 1\n")
@@ -200,7 +202,8 @@ def _defined_in(module) -> list[tuple[str, object]]:
     return [
         (name, obj)
         for name, obj in vars(module).items()
-        if not name.startswith("_") and (inspect.isfunction(obj) or inspect.isclass(obj))
+        if not name.startswith("_")
+        and (inspect.isfunction(obj) or inspect.isclass(obj))
         and obj.__module__ == module.__name__
     ]
 
@@ -234,7 +237,12 @@ def public_api() -> list[tuple[str, str, object]]:
             api += [(f"{obj.__name__}.{n}", n, o) for n, o in _defined_in(obj)]
     api.append(("ddim_sched.testing", "testing", ddim_testing))
     api += [(f"ddim_sched.testing.{n}", n, getattr(ddim_testing, n)) for n in ddim_testing.__all__]
-    classes = (ddim_sched.DDIMScheduler, ddim_sched.DDIMConfig, ddim_sched.DDIMSchedulerOutput, ddim_testing.MatchReport)
+    classes = (
+        ddim_sched.DDIMScheduler,
+        ddim_sched.DDIMConfig,
+        ddim_sched.DDIMSchedulerOutput,
+        ddim_testing.MatchReport,
+    )
     for cls in classes:
         api += [(f"{cls.__name__}.{n}", n, o) for n, o in _members(cls)]
     return api

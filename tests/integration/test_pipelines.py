@@ -102,7 +102,9 @@ def sd_call(tiny_sd, output_type, per_image, **kwargs):
 def test_stable_diffusion_pipeline_matches_diffusers(tiny_sd, parity, case, output_type):
     overrides, kwargs, per_image = SD_CASES[case]
     pipe = stable_diffusion_pipeline(tiny_sd.unet, tiny_sd.vae, diffusers.DDIMScheduler(**SD))
-    ours, reference = run_both(pipe, pipe.scheduler.config, overrides, sd_call(tiny_sd, output_type, per_image, **kwargs))
+    ours, reference = run_both(
+        pipe, pipe.scheduler.config, overrides, sd_call(tiny_sd, output_type, per_image, **kwargs)
+    )
     parity(f"StableDiffusionPipeline {case} ({output_type})", ours, reference)
 
 
@@ -200,7 +202,9 @@ def test_pipeline_save_and_load_keep_our_scheduler(tiny_sd, tmp_path, warnings_l
     pipe.save_pretrained(tmp_path)
     index = json.loads((tmp_path / "model_index.json").read_text())
     assert index["scheduler"] == ["ddim_sched", scheduler_class]
-    assert json.loads((tmp_path / "scheduler" / "scheduler_config.json").read_text())["prev_timestep_rule"] == "schedule"
+    assert (
+        json.loads((tmp_path / "scheduler" / "scheduler_config.json").read_text())["prev_timestep_rule"] == "schedule"
+    )
     pipeline_class = getattr(diffusers, loader)
     loaded = pipeline_class.from_pretrained(tmp_path, torch_dtype=torch.float32, **NO_TEXT_ENCODER)
     assert type(loaded.scheduler) is cls
@@ -304,7 +308,9 @@ def test_per_sample_timesteps_batched_equal_separate_requests(tiny_sd, parity, c
             generator=request.generator,
             **kwargs,
         )
-        parity(f"examples/sd_loop.py staggered {case}, request {i} (arrives at tick {request.arrival})", batched[i], alone)
+        parity(
+            f"examples/sd_loop.py staggered {case}, request {i} (arrives at tick {request.arrival})", batched[i], alone
+        )
 
 
 def test_diffusers_step_with_per_sample_timesteps_is_observed(tiny_sd, observe):

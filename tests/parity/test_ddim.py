@@ -262,13 +262,15 @@ def test_step_matches_diffusers(case, data):
                 ours_out = ours.step(m, t, x, generator=ours_gen, **kwargs)
                 ref_out = reference.step(m, t_int, x, generator=ref_gen, **kwargs)
                 # Both consumed exactly the same random numbers.
-                for a, b in zip(generator_states(ours_gen), generator_states(ref_gen)):
+                for a, b in zip(generator_states(ours_gen), generator_states(ref_gen), strict=True):
                     assert torch.equal(a, b)
         else:
             ours_out = ours.step(m, t, x, **kwargs)
             ref_out = reference.step(m, t_int, x, **kwargs)
         exact_noise = None if noise is None else noise.double()
-        exact_out, diffusers_failed = exact_step(exact, m.double(), t_int, x.double(), variance_noise=exact_noise, **kwargs)
+        exact_out, diffusers_failed = exact_step(
+            exact, m.double(), t_int, x.double(), variance_noise=exact_noise, **kwargs
+        )
         if diffusers_failed:  # NaN from diffusers even in float64 (σ² = 1 − ᾱ_prev): see closed_form_step
             EVENTS["diffusers' step non-finite even with float64 tables"] += 1
         for i, what in enumerate(("prev_sample", "pred_original_sample")):
@@ -299,7 +301,9 @@ def run_loop(scheduler, x, timesteps, eta, use_clipped, generator=None, noises=N
     for i, t in enumerate(timesteps):
         kwargs = dict(eta=eta, use_clipped_model_output=use_clipped)
         if noises is not None:  # the float64 reference: diffusers' code, closed form where it gives NaN
-            (x, x0), diffusers_failed = exact_step(scheduler, dummy_model(x, t), t, x, variance_noise=noises[i], **kwargs)
+            (x, x0), diffusers_failed = exact_step(
+                scheduler, dummy_model(x, t), t, x, variance_noise=noises[i], **kwargs
+            )
             if diffusers_failed:
                 EVENTS["diffusers' step non-finite even with float64 tables"] += 1
         else:
@@ -419,7 +423,8 @@ def test_trailing_extra_timestep_defect():
 
 
 def test_linspace_step_lands_where_diffusers_lands_by_default():
-    """docs/migration.md (diffusers defects): with linspace S=10 diffusers steps 999 → 899 although the schedule visits 888.
+    """docs/migration.md (diffusers defects): with linspace S=10 diffusers steps 999 → 899 although the schedule
+    visits 888.
 
     The default prev_timestep_rule="stride" reproduces that for drop-in parity; "schedule" lands on 888.
     """
@@ -466,7 +471,9 @@ def test_add_noise_and_get_velocity_match_diffusers(case, data):
             check_against(f"{name} (diffusers in float32)", dtype, got.float(), in_float32, truth, rtol, rtol)
 
 
-@pytest.mark.parametrize("shapes", [((3, 4, 8, 8), (1, 4, 8, 8)), ((1, 4, 8, 8), (3, 4, 8, 8)), ((3, 4, 8, 8), (4, 8, 8))])
+@pytest.mark.parametrize(
+    "shapes", [((3, 4, 8, 8), (1, 4, 8, 8)), ((1, 4, 8, 8), (3, 4, 8, 8)), ((3, 4, 8, 8), (4, 8, 8))]
+)
 def test_forward_process_broadcasts_samples_and_noise_as_diffusers_does(shapes):
     """One noise for a batch (or one sample for many noises): add_noise and get_velocity broadcast as
     diffusers' do, to the same shape and values; shapes that do not broadcast are a ValueError naming both."""
@@ -505,7 +512,7 @@ def test_noise_equals_diffusers_bit_for_bit(case, data):
     ours_gen, ref_gen = generators(seed, batch, mode), generators(seed, batch, mode)
     drawn = ddim_randn(shape, ours_gen, torch.device("cpu"), dtype)
     assert torch.equal(drawn, randn_tensor(shape, generator=ref_gen, dtype=dtype))
-    assert all(torch.equal(a, b) for a, b in zip(generator_states(ours_gen), generator_states(ref_gen)))
+    assert all(torch.equal(a, b) for a, b in zip(generator_states(ours_gen), generator_states(ref_gen), strict=True))
 
     ours, reference = DDIMScheduler(**config), diffusers_scheduler(config)
     ours.set_timesteps(S)

@@ -42,7 +42,10 @@ def test_full_rescale_restores_the_conditional_std():
     cfg, text = guided((3, 4, 8, 8), torch.float64)
     out = rescale_noise_cfg(cfg, text, guidance_rescale=1.0)
     assert rel_l2(out.flatten(1).std(dim=1), text.flatten(1).std(dim=1)) < EXACT_RTOL[torch.float64]
-    assert rel_l2(out / out.flatten(1).std(dim=1).view(3, 1, 1, 1), cfg / cfg.flatten(1).std(dim=1).view(3, 1, 1, 1)) < 1e-12
+    assert (
+        rel_l2(out / out.flatten(1).std(dim=1).view(3, 1, 1, 1), cfg / cfg.flatten(1).std(dim=1).view(3, 1, 1, 1))
+        < 1e-12
+    )
 
 
 def test_zero_rescale_is_identity_and_constant_samples_stay_finite():
@@ -145,7 +148,9 @@ def test_batched_and_alpha_tensors():
     per_sample = slerp(z0, z1, alphas)
     assert per_sample.shape == (3, 2, 5)
     for i in range(3):
-        assert rel_l2(per_sample[i], slerp(z0[i : i + 1], z1[i : i + 1], float(alphas[i]))[0]) < EXACT_RTOL[torch.float64]
+        assert (
+            rel_l2(per_sample[i], slerp(z0[i : i + 1], z1[i : i + 1], float(alphas[i]))[0]) < EXACT_RTOL[torch.float64]
+        )
         flat = slerp(z0[i].flatten(), z1[i].flatten(), float(alphas[i]))
         assert rel_l2(per_sample[i].flatten(), flat) < EXACT_RTOL[torch.float64]
     path = slerp(z0[:1], z1[:1], torch.linspace(0, 1, 7, dtype=torch.float64))  # K points along one path

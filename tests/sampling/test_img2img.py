@@ -18,8 +18,14 @@ import ddim_sched
 from ddim_sched import DDIMScheduler, img2img_timesteps
 from tests.tolerances import PARITY_RTOL, rel_l2
 
-SD = {"beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear", "clip_sample": False,
-      "set_alpha_to_one": False, "steps_offset": 1}
+SD = {
+    "beta_start": 0.00085,
+    "beta_end": 0.012,
+    "beta_schedule": "scaled_linear",
+    "clip_sample": False,
+    "set_alpha_to_one": False,
+    "steps_offset": 1,
+}
 
 
 # ------------------------------------------------------------------ begin_index / step_index
@@ -93,14 +99,27 @@ def test_set_begin_index_rejects(value, error):
 def components():
     torch.manual_seed(0)
     unet = UNet2DConditionModel(
-        block_out_channels=(8, 16), layers_per_block=1, sample_size=8, in_channels=4, out_channels=4,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        cross_attention_dim=16, norm_num_groups=4, attention_head_dim=2,
+        block_out_channels=(8, 16),
+        layers_per_block=1,
+        sample_size=8,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=16,
+        norm_num_groups=4,
+        attention_head_dim=2,
     )
     torch.manual_seed(0)
     vae = AutoencoderKL(
-        block_out_channels=(8, 16), in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 2,
-        up_block_types=("UpDecoderBlock2D",) * 2, latent_channels=4, norm_num_groups=4, sample_size=16,
+        block_out_channels=(8, 16),
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2,
+        latent_channels=4,
+        norm_num_groups=4,
+        sample_size=16,
     )
     return unet.eval(), vae.eval()
 
@@ -110,8 +129,14 @@ def pipeline(components, scheduler):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         pipe = StableDiffusionImg2ImgPipeline(
-            vae=vae, text_encoder=None, tokenizer=None, unet=unet, scheduler=scheduler, safety_checker=None,
-            feature_extractor=None, requires_safety_checker=False,
+            vae=vae,
+            text_encoder=None,
+            tokenizer=None,
+            unet=unet,
+            scheduler=scheduler,
+            safety_checker=None,
+            feature_extractor=None,
+            requires_safety_checker=False,
         )
     pipe.set_progress_bar_config(disable=True)
     return pipe
@@ -156,8 +181,14 @@ def test_img2img_pipeline_gives_equal_images(components, eta):
         negative_prompt_embeds = torch.randn(1, 7, 16, generator=generator)
         image = torch.rand(1, 3, 16, 16, generator=generator)
         return pipe(
-            prompt_embeds=prompt_embeds, negative_prompt_embeds=negative_prompt_embeds, image=image, strength=0.6,
-            num_inference_steps=10, guidance_scale=5.0, eta=eta, generator=torch.Generator().manual_seed(1),
+            prompt_embeds=prompt_embeds,
+            negative_prompt_embeds=negative_prompt_embeds,
+            image=image,
+            strength=0.6,
+            num_inference_steps=10,
+            guidance_scale=5.0,
+            eta=eta,
+            generator=torch.Generator().manual_seed(1),
             output_type="pt",
         ).images
 

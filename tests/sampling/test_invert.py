@@ -33,9 +33,9 @@ def round_trip_error(S, k, dtype=torch.float64, **config):
 def test_classic_inversion_error_falls_like_one_over_S():
     steps = (10, 20, 50, 100)
     errors = [round_trip_error(S, 0) for S in steps]
-    assert all(a > b for a, b in zip(errors, errors[1:])), errors
+    assert all(a > b for a, b in zip(errors, errors[1:], strict=False)), errors
     # First order in the step size: S · error is roughly constant (measured 2.6 to 2.7).
-    scaled = [S * e for S, e in zip(steps, errors)]
+    scaled = [S * e for S, e in zip(steps, errors, strict=True)]
     assert max(scaled) / min(scaled) < 1.3, scaled
     # The issue author measured about 5% at S = 100 on N(0, 0.25·I); the order of magnitude must agree.
     assert 0.01 < errors[-1] < 0.1, errors
@@ -50,8 +50,13 @@ def test_classic_inversion_error_falls_like_one_over_S():
         # inversion must undo exactly those steps.
         {"timestep_spacing": "linspace"},
         {"timestep_spacing": "linspace", "prev_timestep_rule": "schedule"},
-        {"beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012, "steps_offset": 1,
-         "set_alpha_to_one": False},
+        {
+            "beta_schedule": "scaled_linear",
+            "beta_start": 0.00085,
+            "beta_end": 0.012,
+            "steps_offset": 1,
+            "set_alpha_to_one": False,
+        },
         {"prediction_type": "v_prediction"},
         {"prediction_type": "sample"},
         {"prediction_type": "v_prediction", "rescale_betas_zero_snr": True, "timestep_spacing": "trailing"},
@@ -65,7 +70,7 @@ def test_fixed_point_inversion_is_exact(config):
 
 def test_more_fixed_point_iterations_reduce_the_error():
     errors = [round_trip_error(20, k) for k in (0, 1, 2, 5)]
-    assert all(b < a / 3 for a, b in zip(errors, errors[1:])), errors
+    assert all(b < a / 3 for a, b in zip(errors, errors[1:], strict=False)), errors
 
 
 def test_float32_fixed_point_inversion():
@@ -96,8 +101,9 @@ def test_visits_the_reverse_of_the_sampling_loop_points():
     model_fn = exact_model(scheduler)
     x0 = data()
     seen = []
-    latent = invert(model_fn, x0, scheduler, fixed_point_iterations=60,
-                    callback=lambda i, t, x: seen.append((i, int(t), x.clone())))
+    latent = invert(
+        model_fn, x0, scheduler, fixed_point_iterations=60, callback=lambda i, t, x: seen.append((i, int(t), x.clone()))
+    )
     assert [i for i, _, _ in seen] == list(range(7))
     assert [t for _, t, _ in seen] == scheduler.timesteps.flip(0).tolist()
     assert torch.equal(seen[-1][2], latent)
@@ -167,8 +173,13 @@ def test_needs_set_timesteps():
 
 def test_a_step_that_forgets_its_input_cannot_be_inverted():
     # From ᾱ = 0 (zero terminal SNR) straight to ᾱ = 1, an x0-predicting step returns the model output.
-    scheduler = DDIMScheduler(clip_sample=False, prediction_type="sample", set_alpha_to_one=True,
-                              rescale_betas_zero_snr=True, timestep_spacing="trailing")
+    scheduler = DDIMScheduler(
+        clip_sample=False,
+        prediction_type="sample",
+        set_alpha_to_one=True,
+        rescale_betas_zero_snr=True,
+        timestep_spacing="trailing",
+    )
     scheduler.set_timesteps(1)
     calls = []
     with pytest.raises(ValueError, match="cannot be inverted"):
@@ -187,7 +198,11 @@ def test_sample_is_the_scheduler_loop_and_reports_each_step():
         expected = scheduler.step(model_fn(expected, t), t, expected, eta=0.5, generator=generator).prev_sample
     seen = []
     got = ddim_sched.sample(
-        model_fn, x_T, scheduler, eta=0.5, generator=torch.Generator().manual_seed(2),
+        model_fn,
+        x_T,
+        scheduler,
+        eta=0.5,
+        generator=torch.Generator().manual_seed(2),
         callback=lambda i, t, x: seen.append((i, int(t))),
     )
     assert torch.equal(got, expected)
@@ -210,7 +225,9 @@ def test_report_residuals_fall_with_iterations_and_tol_stops_early():
     x0 = data()
     _, classic = invert(model_fn, x0, scheduler, return_report=True)
     _, exact = invert(model_fn, x0, scheduler, fixed_point_iterations=10, return_report=True)
-    assert len(classic.residuals) == len(exact.residuals) == 20 and exact.timesteps == scheduler.timesteps.tolist()[::-1]
+    assert (
+        len(classic.residuals) == len(exact.residuals) == 20 and exact.timesteps == scheduler.timesteps.tolist()[::-1]
+    )
     assert max(exact.residuals) < 1e-6 < max(classic.residuals)
     assert all(m <= r for m, r in zip(exact.median_residuals, exact.residuals, strict=True))
     latent, stopped = invert(model_fn, x0, scheduler, fixed_point_iterations=50, tol=1e-8, return_report=True)

@@ -1,4 +1,5 @@
-"""snr_shift_scale (CogVideoX's SNR shift, docs/concepts.md (beta schedules)) against diffusers' CogVideoXDDIMScheduler."""
+"""snr_shift_scale (CogVideoX's SNR shift, docs/concepts.md (beta schedules)) against diffusers'
+CogVideoXDDIMScheduler."""
 
 import warnings
 
@@ -28,8 +29,12 @@ def cogvideox(**config):
 @pytest.mark.parametrize("rescale_betas_zero_snr", [False, True])
 @pytest.mark.parametrize("set_alpha_to_one", [False, True])
 def test_alphas_cumprod_match_cogvideox(schedule, snr_shift_scale, rescale_betas_zero_snr, set_alpha_to_one):
-    config = dict(SCHEDULES[schedule], snr_shift_scale=snr_shift_scale,
-                  rescale_betas_zero_snr=rescale_betas_zero_snr, set_alpha_to_one=set_alpha_to_one)
+    config = dict(
+        SCHEDULES[schedule],
+        snr_shift_scale=snr_shift_scale,
+        rescale_betas_zero_snr=rescale_betas_zero_snr,
+        set_alpha_to_one=set_alpha_to_one,
+    )
     reference = cogvideox(**config)
     ours = DDIMScheduler(**config)
     assert rel_l2(ours.alphas_cumprod, reference.alphas_cumprod) <= PARITY_RTOL[torch.float32]
@@ -55,8 +60,15 @@ def test_default_is_off():
 def test_sampling_loop_matches_cogvideox(spacing):
     # CogVideoX's step is DDIM with σ = 0 written as x_prev = a·x_t + b·x̂0; with its config the whole
     # loop must agree with ours.
-    config = dict(SCHEDULES["scaled_linear"], prediction_type="v_prediction", rescale_betas_zero_snr=True,
-                  timestep_spacing=spacing, snr_shift_scale=3.0, clip_sample=False, set_alpha_to_one=True)
+    config = dict(
+        SCHEDULES["scaled_linear"],
+        prediction_type="v_prediction",
+        rescale_betas_zero_snr=True,
+        timestep_spacing=spacing,
+        snr_shift_scale=3.0,
+        clip_sample=False,
+        set_alpha_to_one=True,
+    )
     reference = cogvideox(**config)
     ours = DDIMScheduler(**config)
     reference.set_timesteps(50)

@@ -43,7 +43,8 @@ def test_quad_steps_offset_gives_compvis_quad():
 
 
 def test_quad_drops_duplicates():
-    # docs/concepts.md (timestep spacings): quad at S=50 has 49 unique timesteps; the duplicate is dropped, not visited twice.
+    # docs/concepts.md (timestep spacings): quad at S=50 has 49 unique timesteps; the duplicate is dropped, not
+    # visited twice.
     timesteps = spacing.quad(1000, 50)
     assert len(timesteps) == 49
     scheduler = DDIMScheduler(timestep_spacing="quad", prev_timestep_rule="schedule")
@@ -117,7 +118,9 @@ def test_karras_matches_rounded_diffusers_euler_karras(config, S):
 @given(st.sampled_from([10, 100, 1000]), st.data())
 def test_karras_is_always_distinct_and_in_range(T, data):
     S = data.draw(st.integers(1, T))
-    timesteps = spacing.karras(T, S, alpha_bar=DDIMScheduler(num_train_timesteps=T, beta_schedule="squaredcos_cap_v2").alpha_bar)
+    timesteps = spacing.karras(
+        T, S, alpha_bar=DDIMScheduler(num_train_timesteps=T, beta_schedule="squaredcos_cap_v2").alpha_bar
+    )
     assert len(timesteps) == S and np.all(np.diff(timesteps) < 0)
     assert timesteps[0] == T - 1 and 0 <= timesteps[-1]
     if S > 1:

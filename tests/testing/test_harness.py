@@ -88,13 +88,32 @@ class Defective(DDIMScheduler):
     defect = 0.0
     flip_generator_noise = False
 
-    def step(self, model_output, timestep, sample, eta=0.0, use_clipped_model_output=False, generator=None,
-             variance_noise=None, return_dict=True, prev_timestep=None, out=None):
+    def step(
+        self,
+        model_output,
+        timestep,
+        sample,
+        eta=0.0,
+        use_clipped_model_output=False,
+        generator=None,
+        variance_noise=None,
+        return_dict=True,
+        prev_timestep=None,
+        out=None,
+    ):
         if self.flip_generator_noise and generator is not None and eta != 0:
             variance_noise = -torch.randn(sample.shape, generator=generator, dtype=sample.dtype)
             generator = None
-        prev, x0 = super().step(model_output, timestep, sample, eta=eta, generator=generator,
-                                variance_noise=variance_noise, return_dict=False, prev_timestep=prev_timestep)
+        prev, x0 = super().step(
+            model_output,
+            timestep,
+            sample,
+            eta=eta,
+            generator=generator,
+            variance_noise=variance_noise,
+            return_dict=False,
+            prev_timestep=prev_timestep,
+        )
         if sample.dtype in self.defect_dtypes:
             prev = (prev.float() * (1 + self.defect)).to(prev.dtype)
         if self.poison_timestep is not None and int(timestep) == self.poison_timestep:
@@ -181,7 +200,10 @@ def test_the_error_is_relative_and_bounded_by_rtol():
 def test_other_timestep_lists_fail_before_sampling():
     with pytest.raises(AssertionError, match=r"timesteps differ, first at index 0") as failure:
         assert_schedulers_match(
-            DDIMScheduler(timestep_spacing="linspace"), DDIMScheduler(timestep_spacing="leading"), 10, SHAPE,
+            DDIMScheduler(timestep_spacing="linspace"),
+            DDIMScheduler(timestep_spacing="leading"),
+            10,
+            SHAPE,
             accept_explained=True,
         )
     assert "candidate (10): [999, 888" in str(failure.value) and "verdict DIFFER" in str(failure.value)
@@ -287,8 +309,10 @@ def test_a_reference_that_raises_is_reported():
 
 
 @pytest.mark.parametrize("name", ["rtol", "x0_rtol"])
-@pytest.mark.parametrize("value, error", [(math.nan, ValueError), (-1e-4, ValueError), (math.inf, ValueError),
-                                          ("1e-4", TypeError), (True, TypeError)])
+@pytest.mark.parametrize(
+    "value, error",
+    [(math.nan, ValueError), (-1e-4, ValueError), (math.inf, ValueError), ("1e-4", TypeError), (True, TypeError)],
+)
 def test_bad_tolerances_are_rejected(name, value, error):
     with pytest.raises(error, match=rf"{name} must be .*got {value!r}"):
         assert_schedulers_match(DDIMScheduler(**SD), DDIMScheduler(**SD), 3, SHAPE, **{name: value})

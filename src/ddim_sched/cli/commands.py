@@ -91,7 +91,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
         print("\n" + section.format(), flush=True)
 
     result = demo.run(
-        args.quick, args.seed, device, dtype, progress=not args.no_progress, on_section=show,
+        args.quick,
+        args.seed,
+        device,
+        dtype,
+        progress=not args.no_progress,
+        on_section=show,
         figure_dir=None if figure is None else figure.parent,
     )
     print()
@@ -175,18 +180,32 @@ def cmd_compare(args: argparse.Namespace) -> int:
         return 1
     model = mixture_model(args.shape, config.prediction_type, alpha_bar=ours, seed=args.seed)
     report = compare_schedulers(
-        ours, reference, args.steps, args.shape, dtype=dtype, eta=args.eta, seed=args.seed, rtol=args.rtol,
-        device=device, model=model, accept_explained=True,
+        ours,
+        reference,
+        args.steps,
+        args.shape,
+        dtype=dtype,
+        eta=args.eta,
+        seed=args.seed,
+        rtol=args.rtol,
+        device=device,
+        model=model,
+        accept_explained=True,
     )
     if report.extra_reference_timesteps:
-        header.append(f"timesteps: diffusers visits ddim_sched's {len(report.timesteps)} then "
-                      f"{report.extra_reference_timesteps}")
+        header.append(
+            f"timesteps: diffusers visits ddim_sched's {len(report.timesteps)} then {report.extra_reference_timesteps}"
+        )
     elif report.timesteps:
         header.append(f"timesteps identical: {report.timesteps}")
     text = "\n".join(header + [report.format(max_rows=None), report.verdict])
     if out_path is not None:
-        record = {**report.to_dict(), "ddim_sched": __version__, "diffusers": diffusers.__version__,
-                  "config": config.to_dict()}
+        record = {
+            **report.to_dict(),
+            "ddim_sched": __version__,
+            "diffusers": diffusers.__version__,
+            "config": config.to_dict(),
+        }
         _write("--out", out_path, (json.dumps(record, indent=2) + "\n").encode())
         text += f"\nreport: {out_path}"
     print(text)
@@ -223,7 +242,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_run_flags(demo_parser, ["float32", "float64"])
     demo_parser.add_argument(
-        "--out", metavar="PATH",
+        "--out",
+        metavar="PATH",
         help=f"figure path (.png) or directory (default ./{DEMO_FIGURE}); the digits figures go in the same directory",
     )
     demo_parser.add_argument("--quick", action="store_true", help="small sizes (seconds; used by the tests)")
@@ -257,9 +277,12 @@ def build_parser() -> argparse.ArgumentParser:
     compare_parser.add_argument("--eta", type=flags.nonnegative, default=0.0, help="eta (default 0)")
     compare_parser.add_argument("--shape", type=flags.shape, default=(2, 4, 8, 8), help="B,C,H,W (default 2,4,8,8)")
     _add_run_flags(compare_parser, list(DTYPES))
-    compare_parser.add_argument("--rtol", type=flags.nonnegative, default=None,
-                                help="bound on each step's relative L2 error (default per dtype: "
-                                     "ddim_sched.testing.DEFAULT_RTOL)")
+    compare_parser.add_argument(
+        "--rtol",
+        type=flags.nonnegative,
+        default=None,
+        help="bound on each step's relative L2 error (default per dtype: ddim_sched.testing.DEFAULT_RTOL)",
+    )
     compare_parser.add_argument("--out", metavar="PATH", help="also write a JSON report there")
     compare_parser.set_defaults(handler=cmd_compare)
     return parser

@@ -79,8 +79,10 @@ def _check_range(name: str, values: np.ndarray, num_train_timesteps: int, allow_
     bad = (values >= num_train_timesteps) | ((values < 0) if not allow_negative else False)
     if np.any(bad):
         value = values[np.nonzero(bad)][0]
-        bounds = f"< num_train_timesteps={num_train_timesteps}" if allow_negative else (
-            f"lie in [0, num_train_timesteps={num_train_timesteps})"
+        bounds = (
+            f"< num_train_timesteps={num_train_timesteps}"
+            if allow_negative
+            else (f"lie in [0, num_train_timesteps={num_train_timesteps})")
         )
         raise ValueError(f"{name} must {bounds}; got {int(value)}")
     return np.maximum(values.astype(np.int64), -1)

@@ -295,4 +295,3 @@ class ConfigSurface:
     def save_config(self, save_directory: str | os.PathLike[str], push_to_hub: bool = False, **kwargs: Any) -> None:
         """Alias of :meth:`save_pretrained`, as in diffusers."""
         self.save_pretrained(save_directory, push_to_hub=push_to_hub, **kwargs)
-

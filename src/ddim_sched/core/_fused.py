@@ -75,9 +75,7 @@ def _terms(prediction_type: str, clipped: bool, use_clipped: bool, noisy: bool) 
     if noisy:
         prev.append(("sigma", _Z))
     index = StepCoefficients._fields.index
-    return tuple(
-        tuple((index(name), source) for name, source in terms if name not in zeros) for terms in (x0, prev)
-    )  # type: ignore[return-value]
+    return tuple(tuple((index(name), source) for name, source in terms if name not in zeros) for terms in (x0, prev))  # type: ignore[return-value]
 
 
 def _constants(like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -91,7 +89,10 @@ def _constants(like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _combine_host(
-    weights: Sequence[float], sources: list[Any], terms: Terms, constants: tuple[torch.Tensor, torch.Tensor],
+    weights: Sequence[float],
+    sources: list[Any],
+    terms: Terms,
+    constants: tuple[torch.Tensor, torch.Tensor],
     out: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Σ weights[j]·sources[s] over the terms (j, s), with float weights over tensors of one dtype and shape
@@ -100,8 +101,12 @@ def _combine_host(
     (j0, s0), rest = terms[0], terms[1:]
     t0, c0 = sources[s0], weights[j0]
     zero, one = constants
-    if rest and t0.numel() >= FUSED_MIN_NUMEL and t0.is_contiguous() and sources[rest[0][1]].is_contiguous() and (
-        out is None or out.is_contiguous()
+    if (
+        rest
+        and t0.numel() >= FUSED_MIN_NUMEL
+        and t0.is_contiguous()
+        and sources[rest[0][1]].is_contiguous()
+        and (out is None or out.is_contiguous())
     ):
         (j1, s1), rest = rest[0], rest[1:]
         if out is None:

@@ -9,9 +9,7 @@ import torch
 Generator = torch.Generator | Sequence[torch.Generator] | None
 
 
-def randn(
-    shape: Sequence[int], generator: Generator, device: torch.device, dtype: torch.dtype
-) -> torch.Tensor:
+def randn(shape: Sequence[int], generator: Generator, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
     """Standard normal noise of ``shape`` on ``device``.
 
     As diffusers does: a CPU generator draws on the CPU and the result is moved to ``device``; a list

@@ -235,9 +235,13 @@ class DDIMSchedulerBase(StepProgress, ConfigSurface, SchedulerMixin):
         for t in timesteps:
             if t >= first_zero:
                 value = self._levels.alpha_bar_at(int(t))
-                what = "alpha_bar is 0 there (zero terminal SNR)" if value == 0 else (
-                    f"alpha_bar is {value:.3g} there, so small that 1/sqrt(alpha_bar) overflows float32 "
-                    "(zero SNR in effect)"
+                what = (
+                    "alpha_bar is 0 there (zero terminal SNR)"
+                    if value == 0
+                    else (
+                        f"alpha_bar is {value:.3g} there, so small that 1/sqrt(alpha_bar) overflows float32 "
+                        "(zero SNR in effect)"
+                    )
                 )
                 raise ValueError(
                     f"timestep {int(t)}: {what}, but prediction_type is 'epsilon': "
@@ -302,8 +306,15 @@ class DDIMSchedulerBase(StepProgress, ConfigSurface, SchedulerMixin):
             eta_b = as_column(eta.to(sample.device), ndim) if isinstance(eta, torch.Tensor) else eta
             z = None if noise is None else noise.to(dtype)
             prev, x0 = ddim_update(
-                model_output.to(dtype), sample.to(dtype), (a_t, b_t), (a_s, b_s), eta_b, prediction_type, clip,
-                use_clipped_model_output, z,
+                model_output.to(dtype),
+                sample.to(dtype),
+                (a_t, b_t),
+                (a_s, b_s),
+                eta_b,
+                prediction_type,
+                clip,
+                use_clipped_model_output,
+                z,
             )
             prev, x0 = prev.to(sample.dtype), x0.to(sample.dtype)
             return (prev if out is None else out.copy_(prev)), x0

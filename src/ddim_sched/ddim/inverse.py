@@ -140,9 +140,7 @@ class DDIMInverseScheduler(DDIMSchedulerBase):
         else:
             schedule = self._plan(num_inference_steps, timesteps, None).reversed(device)
         self.timesteps = schedule.tensor
-        self._install(
-            schedule, {"num_inference_steps": num_inference_steps, "device": device, "timesteps": timesteps}
-        )
+        self._install(schedule, {"num_inference_steps": num_inference_steps, "device": device, "timesteps": timesteps})
 
     # ------------------------------------------------------------------ the step
 

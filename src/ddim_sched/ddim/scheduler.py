@@ -91,9 +91,7 @@ class DDIMScheduler(DDIMSchedulerBase):
         schedule = self._plan(num_inference_steps, timesteps, device)
         self._check_zero_snr(schedule.timesteps.tolist())
         self.timesteps = schedule.tensor
-        self._install(
-            schedule, {"num_inference_steps": num_inference_steps, "device": device, "timesteps": timesteps}
-        )
+        self._install(schedule, {"num_inference_steps": num_inference_steps, "device": device, "timesteps": timesteps})
 
     # ------------------------------------------------------------------ the step
 
@@ -113,7 +111,12 @@ class DDIMScheduler(DDIMSchedulerBase):
         return coefficients if key is None else schedule.patterns.put(key, coefficients)
 
     def _coefficients(
-        self, schedule: Schedule, t: Any, prev_timestep: Any, eta: float | torch.Tensor, model_output: torch.Tensor,
+        self,
+        schedule: Schedule,
+        t: Any,
+        prev_timestep: Any,
+        eta: float | torch.Tensor,
+        model_output: torch.Tensor,
         sample: torch.Tensor,
     ) -> StepCoefficients:
         """The step's coefficients: host floats for one host timestep (where the engine applies host weights
@@ -158,16 +161,33 @@ class DDIMScheduler(DDIMSchedulerBase):
 
     @overload
     def step(
-        self, model_output: torch.Tensor, timestep: Any, sample: torch.Tensor, eta: float | torch.Tensor = ...,
-        use_clipped_model_output: bool = ..., generator: Generator = ..., variance_noise: torch.Tensor | None = ...,
-        return_dict: Literal[True] = ..., prev_timestep: Any = ..., out: torch.Tensor | None = ...,
+        self,
+        model_output: torch.Tensor,
+        timestep: Any,
+        sample: torch.Tensor,
+        eta: float | torch.Tensor = ...,
+        use_clipped_model_output: bool = ...,
+        generator: Generator = ...,
+        variance_noise: torch.Tensor | None = ...,
+        return_dict: Literal[True] = ...,
+        prev_timestep: Any = ...,
+        out: torch.Tensor | None = ...,
     ) -> DDIMSchedulerOutput: ...
 
     @overload
     def step(
-        self, model_output: torch.Tensor, timestep: Any, sample: torch.Tensor, eta: float | torch.Tensor = ...,
-        use_clipped_model_output: bool = ..., generator: Generator = ..., variance_noise: torch.Tensor | None = ...,
-        *, return_dict: Literal[False], prev_timestep: Any = ..., out: torch.Tensor | None = ...,
+        self,
+        model_output: torch.Tensor,
+        timestep: Any,
+        sample: torch.Tensor,
+        eta: float | torch.Tensor = ...,
+        use_clipped_model_output: bool = ...,
+        generator: Generator = ...,
+        variance_noise: torch.Tensor | None = ...,
+        *,
+        return_dict: Literal[False],
+        prev_timestep: Any = ...,
+        out: torch.Tensor | None = ...,
     ) -> tuple[torch.Tensor, torch.Tensor]: ...
 
     def step(
@@ -228,7 +248,9 @@ class DDIMScheduler(DDIMSchedulerBase):
             timestep = timestep if known is None else known
         coefficients: StepCoefficients
         if (  # the common case: one host timestep with ᾱ > 0, a float η
-            type(timestep) is int and prev_timestep is None and isinstance(eta, float)
+            type(timestep) is int
+            and prev_timestep is None
+            and isinstance(eta, float)
             and 0 <= timestep < self._levels.first_zero
         ):
             if takes_host_weights(model_output, sample):
@@ -287,4 +309,3 @@ class DDIMScheduler(DDIMSchedulerBase):
         levels = [self._levels.alpha_bar_at(int(t)) for t in visited] + [self._levels.final_alpha_bar]
         alpha_bar = torch.tensor(levels, dtype=torch.float64)
         return ((1 - alpha_bar) / alpha_bar).sqrt()
-

@@ -167,7 +167,12 @@ def _metric_checks(
 ) -> tuple[QualityTable, dict[str, torch.Tensor], dict[str, float], Spread]:
     """The quality table, the samplers that should score worse, and the split-half spread of all their FIDs."""
     quality = quality_table(
-        model, metric, sizes.steps, sizes.etas, sizes.samples, seed + 3,
+        model,
+        metric,
+        sizes.steps,
+        sizes.etas,
+        sizes.samples,
+        seed + 3,
         phases.progress("sampling S x eta", len(sizes.etas) * sum(sizes.steps)),
     )
     untrained = train_eps_model(data, 0, seed, width=sizes.width)
@@ -189,7 +194,12 @@ def _interpolate(
     start, end = pick_pairs(data, sizes.pairs)
     k = sizes.interpolation_iterations
     result = interpolation(
-        model, start, end, sizes.interpolation_steps, sizes.points, k,
+        model,
+        start,
+        end,
+        sizes.interpolation_steps,
+        sizes.points,
+        k,
         phases.progress("interpolation", invert_calls(k, sizes.interpolation_steps) + sizes.interpolation_steps),
     )
     labels, confidence = predicted_labels(classifier, result.decoded)
@@ -203,8 +213,12 @@ def _draw(result: DigitsResult, out_dir: Path) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     samples_path = out_dir / f"{FIGURE_PREFIX}-samples.png"
     drawn = draw_sample_grid(
-        samples_path, result.quality, result.data.held_out, result.sizes.per_cell,
-        result.worse_samples, result.worse_fid,
+        samples_path,
+        result.quality,
+        result.data.held_out,
+        result.sizes.per_cell,
+        result.worse_samples,
+        result.worse_fid,
     )
     if not drawn:
         result.figure_note = f"figures skipped: matplotlib is not installed. To draw them: {DEMO_EXTRA}"
@@ -258,9 +272,24 @@ def run_digits(
         interpolated, path_labels, slerp_conf, fade_conf = _interpolate(sizes, data, model, classifier, phases)
         phases.lap("interpolation")
     result = DigitsResult(
-        sizes, seed, threads, data, model, classifier, accuracy(classifier, data.held_out, data.held_out_labels),
-        floor, quality, worse_fid, worse, spread, roundtrip, to_unit_mse(images, images.roll(1, dims=0)),
-        interpolated, path_labels, slerp_conf, fade_conf,
+        sizes,
+        seed,
+        threads,
+        data,
+        model,
+        classifier,
+        accuracy(classifier, data.held_out, data.held_out_labels),
+        floor,
+        quality,
+        worse_fid,
+        worse,
+        spread,
+        roundtrip,
+        to_unit_mse(images, images.roll(1, dims=0)),
+        interpolated,
+        path_labels,
+        slerp_conf,
+        fade_conf,
     )
     if out_dir is not None:
         _draw(result, Path(out_dir))

@@ -110,7 +110,8 @@ def _eta_lines(result: DigitsResult) -> tuple[list[str], dict[str, str]]:
     first, last = quality.steps[0], quality.steps[-1]
     verdicts = {
         f"eta={low:g} better than eta={high:g} at few steps": f"seen (S={_join(better)})"
-        if first in better else f"NOT seen at S={first}"
+        if first in better
+        else f"NOT seen at S={first}"
     }
     if len(quality.steps) > 1:
         shrink = gaps[first][0] - gaps[last][0]
@@ -167,7 +168,8 @@ def _roundtrip_lines(result: DigitsResult) -> tuple[list[str], dict[str, str]]:
         cells = "".join(f"{table[(k, S)]:>10.2e}" + ("!" if table[(k, S)] > scale else " ") for S in steps)
         lines.append("     " + f"k={k}".ljust(14) + cells.rstrip())
     lines.append(
-        "     " + "paper Table 2".ljust(14)
+        "     "
+        + "paper Table 2".ljust(14)
         + "".join(f"{PAPER_TABLE2_MSE[S]:>10.2e} " if S in PAPER_TABLE2_MSE else " " * 11 for S in steps).rstrip()
     )
     diverged = {k: [S for S in steps if table[(k, S)] > scale] for k in iterations}

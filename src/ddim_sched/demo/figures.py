@@ -55,8 +55,12 @@ def _legend_handles(result: MixtureResult) -> list[Any]:
         Patch(facecolor="0.55", alpha=0.5, label="true density (grey)"),
         dot("tab:blue", "data samples (blue)"),
         dot("tab:red", f"DDIM samples, first {min(SAMPLES_SHOWN, result.n)} (red)"),
-        Patch(facecolor="none", edgecolor=FLOOR_COLOUR, linewidth=2,
-              label=f"~ within the noise floor: SW2 <= {result.floor_max:.3f} (data vs data)"),
+        Patch(
+            facecolor="none",
+            edgecolor=FLOOR_COLOUR,
+            linewidth=2,
+            label=f"~ within the noise floor: SW2 <= {result.floor_max:.3f} (data vs data)",
+        ),
     ]
 
 

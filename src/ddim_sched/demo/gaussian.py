@@ -86,7 +86,12 @@ def gaussian_data(dim: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def gaussian_table(
-    steps: Sequence[int], etas: Sequence[float], dim: int, seed: int, device: torch.device, dtype: torch.dtype,
+    steps: Sequence[int],
+    etas: Sequence[float],
+    dim: int,
+    seed: int,
+    device: torch.device,
+    dtype: torch.dtype,
     progress: bool = False,
 ) -> dict[tuple[float, int], float]:
     """Exact W2 of DDIM's output to the data for every (η, S), on the demo's scheduler."""
@@ -170,8 +175,9 @@ class GaussianResult:
 def run(settings: DemoSettings) -> GaussianResult:
     """Section (a) at full size, DDIM and the flow path (it takes about a second either way)."""
     start = time.perf_counter()
-    table = gaussian_table(PAPER_STEPS, PAPER_ETAS, DIM, settings.seed, settings.device, settings.dtype,
-                           settings.progress)
+    table = gaussian_table(
+        PAPER_STEPS, PAPER_ETAS, DIM, settings.seed, settings.device, settings.dtype, settings.progress
+    )
     mean, std = gaussian_data(DIM, settings.seed)
     flow = flow_table(FLOW_STEPS, FLOW_ETAS, mean, std, settings.device, settings.dtype, settings.progress)
     flow_result = FlowGaussianTable(flow, FLOW_STEPS, FLOW_ETAS)

@@ -125,13 +125,15 @@ def mixture_table(
         for eta in etas:
             x_T = torch.randn(n, 2, generator=torch.Generator().manual_seed(seed + 2), dtype=settings.dtype)
             noise = torch.Generator().manual_seed(seed + 3)
-            x0 = sample(model_fn, x_T.to(settings.device), scheduler, eta=eta, generator=noise,
-                        callback=lambda *_: bar.update())
+            x0 = sample(
+                model_fn, x_T.to(settings.device), scheduler, eta=eta, generator=noise, callback=lambda *_: bar.update()
+            )
             samples[(eta, S)] = x0.to("cpu", torch.float64)
             table[(eta, S)] = distance(samples[(eta, S)])
     sampling_time = bar.close()
-    return MixtureResult(table, floor, samples, reference, tuple(steps), tuple(etas), n, sampling_time,
-                         time.perf_counter() - start)
+    return MixtureResult(
+        table, floor, samples, reference, tuple(steps), tuple(etas), n, sampling_time, time.perf_counter() - start
+    )
 
 
 def run(settings: DemoSettings) -> MixtureResult:

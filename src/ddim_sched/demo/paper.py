@@ -13,7 +13,13 @@ PAPER_TABLE1_FID: dict[float, tuple[float, ...]] = {
 }
 # Table 2: CIFAR10 encode(S) + decode(S) reconstruction MSE per dimension, [0, 1] pixel scale.
 PAPER_TABLE2_MSE: dict[int, float] = {
-    10: 0.014, 20: 0.0065, 50: 0.0023, 100: 0.0009, 200: 0.0004, 500: 0.0001, 1000: 0.0001,
+    10: 0.014,
+    20: 0.0065,
+    50: 0.0023,
+    100: 0.0009,
+    200: 0.0004,
+    500: 0.0001,
+    1000: 0.0001,
 }
 
 

@@ -59,9 +59,7 @@ class RoundTripResult:
         return "\n".join(lines)
 
 
-def roundtrip_table(
-    steps: Sequence[int], iterations: Sequence[int], n: int, settings: DemoSettings
-) -> RoundTripResult:
+def roundtrip_table(steps: Sequence[int], iterations: Sequence[int], n: int, settings: DemoSettings) -> RoundTripResult:
     """Encode n data samples with k fixed-point iterations, decode, and measure, for every (k, S)."""
     start = time.perf_counter()
     scheduler = demo_scheduler()

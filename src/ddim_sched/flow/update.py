@@ -23,7 +23,13 @@ from ..core.thresholding import NO_CLIP
 from ..core.update import StepCoefficients, step_coefficients
 
 __all__ = [
-    "Value", "apply_step", "flow_level", "flow_step_coefficients", "in_compute_dtype", "ve_ancestral_step", "ve_level",
+    "Value",
+    "apply_step",
+    "flow_level",
+    "flow_step_coefficients",
+    "in_compute_dtype",
+    "ve_ancestral_step",
+    "ve_level",
 ]
 
 # A float or a tensor (mixed freely: a float level with a tensor η, ...).

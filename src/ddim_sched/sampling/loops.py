@@ -150,8 +150,12 @@ def _relative_residual(landed: torch.Tensor, target: torch.Tensor) -> torch.Tens
 
 
 def _invert_step(
-    forward: Callable[[torch.Tensor], torch.Tensor], x_next: torch.Tensor, inverse_slope: float, k: int,
-    tol: float | None, report: bool,
+    forward: Callable[[torch.Tensor], torch.Tensor],
+    x_next: torch.Tensor,
+    inverse_slope: float,
+    k: int,
+    tol: float | None,
+    report: bool,
 ) -> tuple[torch.Tensor, torch.Tensor | None, int, bool]:
     """Solve forward(x) = x_next for x: (x, per-sample residual at x or None, iterations taken, diverged).
 
@@ -297,8 +301,10 @@ def invert(
             if diverged or (tol is not None and worst > tol):
                 logger.warning(
                     "invert: at timestep %d the fixed-point iteration %s: relative residual max %.3g, median %.3g%s",
-                    int(t), "diverged for some samples (each keeps its best iterate)" if diverged
-                    else "did not reach tol", worst, median,
+                    int(t),
+                    "diverged for some samples (each keeps its best iterate)" if diverged else "did not reach tol",
+                    worst,
+                    median,
                     "" if tol is None else f" (tol {tol:g})",
                 )
             steps.append(int(t))

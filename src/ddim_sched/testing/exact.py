@@ -110,8 +110,13 @@ def _float64_tables(reference: Any, candidate: Any) -> tuple[torch.Tensor, torch
         reason = f"the reference's config is not a DDIM config ({err})"
     else:
         betas = make_betas(
-            parsed.num_train_timesteps, parsed.beta_start, parsed.beta_end, parsed.beta_schedule,
-            parsed.trained_betas, parsed.rescale_betas_zero_snr, parsed.snr_shift_scale,
+            parsed.num_train_timesteps,
+            parsed.beta_start,
+            parsed.beta_end,
+            parsed.beta_schedule,
+            parsed.trained_betas,
+            parsed.rescale_betas_zero_snr,
+            parsed.snr_shift_scale,
         )
         alpha_bar = alpha_bar_from_betas(betas)
         final64 = 1.0 if parsed.set_alpha_to_one else float(alpha_bar[0])
@@ -177,8 +182,13 @@ class ExactReference:
         return f"{name}'s own step on float64 inputs with float64 noise tables (CPU)"
 
     def step(
-        self, model_output: torch.Tensor, timestep: int, sample: torch.Tensor, eta: float,
-        noise: torch.Tensor | None, lands_on: int | None,
+        self,
+        model_output: torch.Tensor,
+        timestep: int,
+        sample: torch.Tensor,
+        eta: float,
+        noise: torch.Tensor | None,
+        lands_on: int | None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(x_prev, x̂0) in float64 for float64 CPU inputs, landing on ``lands_on`` (None: the reference's own)."""
         kwargs: dict[str, Any] = {}

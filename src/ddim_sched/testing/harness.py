@@ -26,7 +26,6 @@ DEFAULT_RTOL: dict[torch.dtype, float] = {
 }
 
 
-
 def default_model(sample: torch.Tensor, timestep: int | torch.Tensor) -> torch.Tensor:
     """A deterministic stand-in for a denoiser: m(x, t) = x · t/(t+1) + 0.1 · sin(3x).
 
@@ -217,10 +216,26 @@ def compare_schedulers(
     model = default_model if model is None else model
     device = torch.device("cpu" if device is None else device)
     shape = tuple(int(n) for n in shape)
-    settings = {"num_inference_steps": num_inference_steps, "shape": shape, "dtype": dtype, "eta": eta,
-                "seed": seed, "device": device, "model": getattr(model, "__name__", type(model).__name__)}
-    report = MatchReport(_describe(candidate), _describe(reference), [], [], rtol, x0_rtol, settings,
-                         _config_differences(candidate, reference), accept_explained)
+    settings = {
+        "num_inference_steps": num_inference_steps,
+        "shape": shape,
+        "dtype": dtype,
+        "eta": eta,
+        "seed": seed,
+        "device": device,
+        "model": getattr(model, "__name__", type(model).__name__),
+    }
+    report = MatchReport(
+        _describe(candidate),
+        _describe(reference),
+        [],
+        [],
+        rtol,
+        x0_rtol,
+        settings,
+        _config_differences(candidate, reference),
+        accept_explained,
+    )
     candidate.set_timesteps(num_inference_steps, device=device)
     try:
         reference.set_timesteps(num_inference_steps, device=device)
@@ -237,10 +252,17 @@ def compare_schedulers(
         exact = "the reference's step takes no variance_noise, so the exact result cannot share its noise"
     report.exact = exact.describe() if isinstance(exact, ExactReference) else exact
     report.exact_available = isinstance(exact, ExactReference)
-    options = {"shape": shape, "dtype": dtype, "eta": eta, "seed": seed, "device": device,
-               "allow_nonfinite": allow_nonfinite}
-    ComparisonLoop(report, candidate, reference, exact if isinstance(exact, ExactReference) else None, model,
-                   options).run()
+    options = {
+        "shape": shape,
+        "dtype": dtype,
+        "eta": eta,
+        "seed": seed,
+        "device": device,
+        "allow_nonfinite": allow_nonfinite,
+    }
+    ComparisonLoop(
+        report, candidate, reference, exact if isinstance(exact, ExactReference) else None, model, options
+    ).run()
     return report
 
 
@@ -281,8 +303,19 @@ def assert_schedulers_match(
         TypeError, ValueError: As for :func:`compare_schedulers`.
     """
     report = compare_schedulers(
-        candidate, reference, num_inference_steps, shape, dtype, eta, seed, rtol, device, model, x0_rtol,
-        accept_explained=accept_explained, allow_nonfinite=allow_nonfinite,
+        candidate,
+        reference,
+        num_inference_steps,
+        shape,
+        dtype,
+        eta,
+        seed,
+        rtol,
+        device,
+        model,
+        x0_rtol,
+        accept_explained=accept_explained,
+        allow_nonfinite=allow_nonfinite,
     )
     if verbose:
         print(report)

@@ -35,8 +35,9 @@ def _step_kwargs(scheduler: Any, role: str, eta: float, seed: int, index: int) -
     return kwargs
 
 
-def _step_with_noise(scheduler: Any, model_output: torch.Tensor, t: Any, sample: torch.Tensor, eta: float,
-                     noise: torch.Tensor | None) -> torch.Tensor:
+def _step_with_noise(
+    scheduler: Any, model_output: torch.Tensor, t: Any, sample: torch.Tensor, eta: float, noise: torch.Tensor | None
+) -> torch.Tensor:
     """``scheduler.step`` with explicit η-noise; the prev_sample."""
     kwargs: dict[str, Any] = {"eta": eta} if eta != 0 else {}
     if eta != 0:
@@ -47,7 +48,6 @@ def _step_with_noise(scheduler: Any, model_output: torch.Tensor, t: Any, sample:
     return prev
 
 
-
 class ComparisonLoop:
     """One comparison: the candidate's, the reference's and the exact trajectory, and what explains differences.
 
@@ -56,8 +56,15 @@ class ComparisonLoop:
     ``origin`` (the cause found at the first explained step, carried by the steps after it).
     """
 
-    def __init__(self, report: MatchReport, candidate: Any, reference: Any, exact: ExactReference | None,
-                 model: Model, options: dict[str, Any]) -> None:
+    def __init__(
+        self,
+        report: MatchReport,
+        candidate: Any,
+        reference: Any,
+        exact: ExactReference | None,
+        model: Model,
+        options: dict[str, Any],
+    ) -> None:
         self.report, self.candidate, self.reference, self.exact, self.model = report, candidate, reference, exact, model
         self.shape, self.dtype, self.eta = options["shape"], options["dtype"], options["eta"]
         self.seed, self.device, self.allow_nonfinite = options["seed"], options["device"], options["allow_nonfinite"]
@@ -134,8 +141,16 @@ class ComparisonLoop:
             if rounding is not None and rounding >= _ROUNDING_FRACTION * self.report.rtol:
                 self.rounding = True
 
-    def _measure(self, index: int, t: Any, landings: tuple[int | None, int | None], exact: torch.Tensor | None,
-                 outputs: dict[str, Any], x_in: torch.Tensor, noise: torch.Tensor | None) -> StepError:
+    def _measure(
+        self,
+        index: int,
+        t: Any,
+        landings: tuple[int | None, int | None],
+        exact: torch.Tensor | None,
+        outputs: dict[str, Any],
+        x_in: torch.Tensor,
+        noise: torch.Tensor | None,
+    ) -> StepError:
         c, r = self.x["candidate"], self.x["reference"]
         prev_error, note = relative_error(c, r, self.allow_nonfinite)
         x0_error = None
@@ -155,8 +170,15 @@ class ComparisonLoop:
         cause, why = self._cause(t, outputs["reference"][0], x_in, r, noise, landings)
         return StepError(index, int(t), prev_error, x0_error, note or why, c_exact, r_exact, cause, both)
 
-    def _cause(self, t: Any, model_output: torch.Tensor, x_in: torch.Tensor, r_out: torch.Tensor,
-               noise: torch.Tensor | None, landings: tuple[int | None, int | None]) -> tuple[str | None, str]:
+    def _cause(
+        self,
+        t: Any,
+        model_output: torch.Tensor,
+        x_in: torch.Tensor,
+        r_out: torch.Tensor,
+        noise: torch.Tensor | None,
+        landings: tuple[int | None, int | None],
+    ) -> tuple[str | None, str]:
         """The deliberate difference behind a step the candidate wins, verified; (None, why) when none is."""
         if self.diverged:
             return "successor_rule", ""
@@ -169,8 +191,9 @@ class ComparisonLoop:
                     return None, "the reference does not draw its noise as torch.randn with the step's generator"
             if self.rounding:
                 self.origin = "zero_snr_rounding"
-            elif self.dtype in _HALF_DTYPES and self._half_precision_verified(t, model_output, x_in, r_out, noise,
-                                                                               landings):
+            elif self.dtype in _HALF_DTYPES and self._half_precision_verified(
+                t, model_output, x_in, r_out, noise, landings
+            ):
                 self.origin = "half_precision"
             else:
                 self.origin = "float64_tables"
@@ -178,14 +201,28 @@ class ComparisonLoop:
             return None, f"could not verify the cause: {type(err).__name__}: {err}"
         return self.origin, ""
 
-    def _half_precision_verified(self, t: Any, model_output: torch.Tensor, x_in: torch.Tensor, r_out: torch.Tensor,
-                                 noise: torch.Tensor | None, landings: tuple[int | None, int | None]) -> bool:
+    def _half_precision_verified(
+        self,
+        t: Any,
+        model_output: torch.Tensor,
+        x_in: torch.Tensor,
+        r_out: torch.Tensor,
+        noise: torch.Tensor | None,
+        landings: tuple[int | None, int | None],
+    ) -> bool:
         """Whether the reference's own step, fed the same inputs in float32, is closer to exact than in half."""
         if self.exact is None:
             return False
-        in_float = _step_with_noise(self.probe, model_output.float(), t, x_in.float(), self.eta,
-                                    None if noise is None else noise.float())
+        in_float = _step_with_noise(
+            self.probe, model_output.float(), t, x_in.float(), self.eta, None if noise is None else noise.float()
+        )
         lands_on = landings[0] if landings[0] is not None else landings[1]
-        local, _ = self.exact.step(model_output.to("cpu", torch.float64), int(t), x_in.to("cpu", torch.float64),
-                                   self.eta, None if noise is None else noise.to(torch.float64), lands_on)
+        local, _ = self.exact.step(
+            model_output.to("cpu", torch.float64),
+            int(t),
+            x_in.to("cpu", torch.float64),
+            self.eta,
+            None if noise is None else noise.to(torch.float64),
+            lands_on,
+        )
         return relative_error(in_float, local)[0] < relative_error(r_out, local)[0]

@@ -212,7 +212,7 @@ class MatchReport:
 
     @property
     def verdict(self) -> str:
-        """"MATCH", "EXPLAINED" (every difference explained in the candidate's favour) or "DIFFER"."""
+        """ "MATCH", "EXPLAINED" (every difference explained in the candidate's favour) or "DIFFER"."""
         if self.matched:
             return "MATCH"
         if self.schedule_error or self.reference_error or self.unexplained_steps:

@@ -21,7 +21,8 @@ from .flow import plan as flow_plan
 from .flow import update as flow_update
 from .flow.config import FlowMatchDDIMConfig
 from .flow.scheduler import FlowMatchDDIMScheduler
-from .recipes.guidance import rescale_noise_cfg, slerp
+from .recipes.guidance import rescale_noise_cfg
+from .recipes.interpolation import slerp
 from .sampling.img2img import img2img_timesteps
 from .sampling.loops import invert, sample
 from .tables import betas, flow_sigmas, spacing

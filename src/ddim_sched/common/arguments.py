@@ -14,18 +14,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..core.runtime import is_compiling
 from .validation import as_int, as_real
 
-__all__ = ["eta_values", "is_compiling", "pattern_key", "per_element_shape", "timestep_values"]
-
-_compiler = getattr(torch, "compiler", None)
-_is_compiling = getattr(_compiler, "is_compiling", lambda: False)
-
-
-def is_compiling() -> bool:
-    """True while torch.compile traces (host reads and host caches are skipped then)."""
-    return bool(_is_compiling())
-
+__all__ = ["eta_values", "pattern_key", "per_element_shape", "timestep_values"]
 
 # Host tensors of per-element timesteps up to this many elements key a schedule's cache of coefficients.
 PATTERN_MAX_NUMEL = 4096

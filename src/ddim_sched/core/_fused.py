@@ -32,7 +32,7 @@ from typing import Any, cast
 
 import torch
 
-from ..common.arguments import is_compiling as _compiling
+from .runtime import compute_dtype, is_compiling
 from .thresholding import NO_CLIP, X0Clip
 from .update import StepCoefficients
 
@@ -54,11 +54,6 @@ Terms = tuple[tuple[int, int], ...]
 # Per (dtype, device): a 0-d zero (c·t written as torch.add(zero, t, alpha=c) passes c as a scalar
 # argument instead of wrapping it in a tensor) and torch.addr's one-element vector.
 _CONSTANTS: dict[tuple[torch.dtype, torch.device], tuple[torch.Tensor, torch.Tensor]] = {}
-
-
-def compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    """The dtype a step computes in for a sample of ``dtype``: float64 for float64, else float32."""
-    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 @functools.cache
@@ -226,7 +221,7 @@ def _columns(values: Sequence[Any], dtype: torch.dtype, device: torch.device) ->
     and without blocking on CUDA). Shaped [1] rather than [], they broadcast over a sample and promote a
     half-precision one to the compute dtype with no reshape per step."""
     row = torch.tensor([float(w) for w in values], dtype=dtype)
-    if device.type == "cuda" and not _compiling():
+    if device.type == "cuda" and not is_compiling():
         row = row.pin_memory().to(device, non_blocking=True)
     return list(row.to(device).reshape(-1, 1).unbind())
 
@@ -288,7 +283,7 @@ def _tensor_step(
     weights: StepCoefficients, sources: list[Any], terms: tuple[Terms, Terms], clip: X0Clip, out: torch.Tensor | None
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Tensor weights (any layout): a multiply and an in-place addcmul_ per further term (no x̂0 without its terms)."""
-    if out is None and not clip.active and isinstance(weights, DeviceRow) and not _compiling():
+    if out is None and not clip.active and isinstance(weights, DeviceRow) and not is_compiling():
         paired = _paired_step(weights, sources, terms)
         if paired is not None:
             return paired

@@ -12,7 +12,8 @@ from collections.abc import Sequence
 
 import torch
 
-from ._fused import STRUCTURAL_ZEROS, WEIGHTS, compute_dtype, fused_step
+from ._fused import STRUCTURAL_ZEROS, WEIGHTS, fused_step
+from .runtime import compute_dtype
 from .thresholding import ClipMode, X0Clip
 from .update import StepCoefficients, step_coefficients, vp_level
 

@@ -20,7 +20,8 @@ from ..common.progress import StepProgress
 from ..common.validation import check_floating_tensor, check_int
 from ..compat.config_surface import ConfigSurface
 from ..compat.scheduler_mixin import SchedulerMixin
-from ..core._fused import as_column, compute_dtype, fused_step
+from ..core._fused import as_column, fused_step
+from ..core.runtime import compute_dtype
 from ..core.thresholding import ClipMode, X0Clip
 from ..core.update import StepCoefficients, ddim_update
 from ..tables.betas import alpha_bar_from_betas, make_betas

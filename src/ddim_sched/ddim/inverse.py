@@ -21,10 +21,10 @@ from typing import Any, ClassVar, Literal, overload
 import numpy as np
 import torch
 
-from ..common.arguments import is_compiling
 from ..compat.output import DDIMSchedulerOutput
 from ..compat.scheduler_mixin import SchedulerMixin  # noqa: F401  (diffusers' pipeline loader looks for it beside the class)
-from ..core._fused import compute_dtype, takes_host_weights
+from ..core._fused import takes_host_weights
+from ..core.runtime import compute_dtype, is_compiling
 from ..core.thresholding import X0Clip
 from ..core.update import StepCoefficients
 from ..tables.spacing import check_timesteps

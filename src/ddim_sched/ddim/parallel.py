@@ -16,9 +16,10 @@ from typing import ClassVar
 
 import torch
 
-from ..common.arguments import eta_values, is_compiling
+from ..common.arguments import eta_values
 from ..compat.output import DDIMSchedulerOutput
 from ..compat.scheduler_mixin import SchedulerMixin  # noqa: F401  (diffusers' pipeline loader looks for it beside the class)
+from ..core.runtime import is_compiling
 from ..core.update import snr_ratio
 from .base import _check_pair
 from .scheduler import DDIMScheduler

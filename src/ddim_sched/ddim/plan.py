@@ -18,8 +18,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..common.arguments import is_compiling
 from ..core._fused import device_row
+from ..core.runtime import is_compiling
 from ..core.update import StepCoefficients, step_coefficients, vp_level
 from ..tables.spacing import step_target, step_targets
 

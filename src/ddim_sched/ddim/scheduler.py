@@ -8,12 +8,13 @@ from typing import Any, ClassVar, Literal, overload
 import numpy as np
 import torch
 
-from ..common.arguments import eta_values, is_compiling, pattern_key
+from ..common.arguments import eta_values, pattern_key
 from ..common.validation import check_floating_tensor
 from ..compat.output import DDIMSchedulerOutput
 from ..compat.scheduler_mixin import SchedulerMixin  # noqa: F401  (diffusers' pipeline loader looks for it beside the class)
-from ..core._fused import compute_dtype, takes_host_weights
+from ..core._fused import takes_host_weights
 from ..core.noise import Generator, randn
+from ..core.runtime import compute_dtype, is_compiling
 from ..core.update import StepCoefficients, snr_ratio
 from .base import DDIMSchedulerBase, TimestepsArg, _check_pair
 from .plan import Schedule

@@ -15,10 +15,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..common.arguments import is_compiling, per_element_shape
+from ..common.arguments import per_element_shape
 from ..common.validation import as_int, as_real, check_floating_tensor, check_real
-from ..core._fused import compute_dtype
 from ..core.noise import Generator, randn
+from ..core.runtime import compute_dtype, is_compiling
 
 __all__ = [
     "aligned",

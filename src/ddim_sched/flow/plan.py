@@ -14,9 +14,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..common.arguments import is_compiling, pattern_key
+from ..common.arguments import pattern_key
 from ..common.validation import check_floating_tensor, check_int
-from ..core._fused import compute_dtype, device_row, takes_host_weights
+from ..core._fused import device_row, takes_host_weights
+from ..core.runtime import compute_dtype, is_compiling
 from ..core.update import StepCoefficients
 from ..ddim.plan import PATTERN_CACHE_SIZE, ROW_CACHE_SIZE, _LockedCache, element_position, gather_rows, row_table
 from ..tables.flow_sigmas import flow_sigmas

@@ -21,8 +21,8 @@ from ..common.validation import check_real
 from ..compat.config_surface import ConfigSurface
 from ..compat.output import DDIMSchedulerOutput
 from ..compat.scheduler_mixin import SchedulerMixin
-from ..core._fused import compute_dtype
 from ..core.noise import Generator
+from ..core.runtime import compute_dtype
 from ..core.update import prediction_weights
 from ..ddim.base import _broadcast_pair, _check_pair
 from ..tables.flow_sigmas import shift_sigmas, stretch_to_terminal, time_shift

@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import torch
 
-from ..core._fused import compute_dtype, fused_prev_sample, fused_step
+from ..core._fused import fused_prev_sample, fused_step
+from ..core.runtime import compute_dtype
 from ..core.thresholding import NO_CLIP
 from ..core.update import StepCoefficients, step_coefficients
 

@@ -18,6 +18,8 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import torch
 
+from .sigma_grids import karras_sigmas
+
 Spacing = Callable[..., np.ndarray]
 
 
@@ -71,12 +73,6 @@ def _sigmas_from_alpha_bar(alpha_bar: object) -> np.ndarray:
     a = np.asarray(alpha_bar.detach().cpu() if hasattr(alpha_bar, "detach") else alpha_bar, dtype=np.float64)
     with np.errstate(divide="ignore"):
         return np.sqrt((1.0 - a) / a)
-
-
-def karras_sigmas(sigma_min: float, sigma_max: float, num_inference_steps: int, rho: float = 7.0) -> np.ndarray:
-    """Karras et al. (2022) eq. 5: σ_i = (σ_max^{1/ρ} + i/(S−1)·(σ_min^{1/ρ} − σ_max^{1/ρ}))^ρ, i = 0..S−1."""
-    ramp = np.linspace(0.0, 1.0, num_inference_steps)
-    return (sigma_max ** (1 / rho) + ramp * (sigma_min ** (1 / rho) - sigma_max ** (1 / rho))) ** rho
 
 
 def _nearest_distinct(ideal: np.ndarray, num_train_timesteps: int) -> np.ndarray:

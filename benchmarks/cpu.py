@@ -140,8 +140,8 @@ def device_row_case(rounds: int) -> None:
     to the float32 step (host floats) on the same latents."""
     from unittest import mock
 
+    import ddim_sched.common.step_plan as plan_module
     import ddim_sched.core._fused as engine
-    import ddim_sched.ddim.scheduler as scheduler_module
 
     def accelerator_choice(model_output, sample):
         return model_output.dtype == sample.dtype and sample.dtype in (torch.float32, torch.float64)
@@ -155,7 +155,7 @@ def device_row_case(rounds: int) -> None:
         timer = Timer(rounds=rounds)
         with (
             mock.patch.object(engine, "takes_host_weights", accelerator_choice),
-            mock.patch.object(scheduler_module, "takes_host_weights", accelerator_choice),
+            mock.patch.object(plan_module, "takes_host_weights", accelerator_choice),
         ):
             timer.run({"fp32": lambda: ours.step(m, t, x), "forced": lambda: ours.step(m16, t, x16)})
         timer.run({"mixed": lambda: ours.step(m16, t, x)})

@@ -574,7 +574,7 @@ def test_bad_step_arguments():
         ({"timestep": torch.tensor(900)}, TypeError, "floating-point tensor .* got dtype torch.int64"),
         ({"timestep": 555.5}, ValueError, r"timestep must be one of scheduler.timesteps; got 555.5; the nearest"),
         ({"timestep": t.expand(3)}, ValueError, r"timestep must .* broadcasts over .*\[2, 3, 4, 4\].*got shape \[3\]"),
-        ({"eta": -1.0}, ValueError, "eta must be >= 0.0; got -1.0"),
+        ({"eta": -1.0}, ValueError, "eta must be finite and >= 0; got -1.0"),
         ({"eta": torch.tensor([0.5, -0.5])}, ValueError, "eta must be finite and >= 0; got -0.5"),
         ({"eta": torch.ones(4)}, ValueError, r"eta must .* broadcasts over .*got shape \[4\]"),
         ({"eta": "high"}, TypeError, "eta must be a float or a floating-point tensor; got 'high'"),

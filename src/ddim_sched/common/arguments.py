@@ -14,10 +14,19 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..core.noise import Generator, randn
 from ..core.runtime import is_compiling
-from .validation import as_int, as_real
+from .validation import as_int, as_real, check_floating_tensor
 
-__all__ = ["eta_values", "pattern_key", "per_element_shape", "timestep_values"]
+__all__ = [
+    "broadcast_pair",
+    "check_pair",
+    "eta_values",
+    "pattern_key",
+    "per_element_shape",
+    "step_noise",
+    "timestep_values",
+]
 
 # Host tensors of per-element timesteps up to this many elements key a schedule's cache of coefficients.
 PATTERN_MAX_NUMEL = 4096
@@ -160,3 +169,67 @@ def eta_values(value: Any, shape: tuple[int, ...], device: torch.device) -> floa
         if len(values) == 1:
             return float(values[0])
     return value.reshape(padded).to(device, non_blocking=True)
+
+
+def check_pair(first: str, a: Any, second: str, b: Any) -> None:
+    """Both floating tensors of one shape with a batch dimension."""
+    if type(a) is torch.Tensor and type(b) is torch.Tensor and a.is_floating_point() and b.is_floating_point():
+        if a.shape == b.shape and a.dim():  # the common case, first
+            return
+    check_floating_tensor(first, a)
+    check_floating_tensor(second, b)
+    if a.shape != b.shape:
+        raise ValueError(f"{first} and {second} must have the same shape; got {tuple(a.shape)} and {tuple(b.shape)}")
+    if a.dim() == 0:
+        raise ValueError(f"{first} must have a batch dimension; got a 0-d tensor")
+
+
+def broadcast_pair(first: str, a: Any, second: str, b: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """Both floating tensors with a batch dimension, of one shape or shapes that broadcast to one (as the
+    forward process in diffusers takes them: one noise for a batch, say), expanded to it without copying."""
+    if type(a) is torch.Tensor and type(b) is torch.Tensor and a.shape == b.shape and a.dim():
+        check_pair(first, a, second, b)
+        return a, b
+    check_floating_tensor(first, a)
+    check_floating_tensor(second, b)
+    if a.dim() == 0 or b.dim() == 0:
+        shapes = f"{tuple(a.shape)} and {tuple(b.shape)}"
+        raise ValueError(f"{first} and {second} must have a batch dimension; got shapes {shapes}")
+    try:
+        torch.broadcast_shapes(a.shape, b.shape)
+    except RuntimeError:
+        raise ValueError(
+            f"{first} and {second} must have one shape or shapes that broadcast to one; got {tuple(a.shape)} and "
+            f"{tuple(b.shape)}"
+        ) from None
+    expanded_a, expanded_b = torch.broadcast_tensors(a, b)
+    return expanded_a, expanded_b
+
+
+def step_noise(
+    stochastic: bool,
+    sample: torch.Tensor,
+    generator: Generator,
+    variance_noise: Any,
+    draw_dtype: torch.dtype | None = None,
+) -> torch.Tensor | None:
+    """z for a step: the given ``variance_noise`` (checked), or drawn as diffusers' ``randn_tensor`` draws it,
+    in ``draw_dtype`` (default: the sample's dtype), on the sample's device; None for a deterministic step
+    (a given ``variance_noise`` is still checked then).
+
+    Raises:
+        ValueError: Both generator and variance_noise; variance_noise of another shape than the sample.
+        TypeError: variance_noise is not a floating tensor.
+    """
+    if generator is not None and variance_noise is not None:
+        raise ValueError("pass either generator or variance_noise, not both")
+    if variance_noise is not None:
+        check_floating_tensor("variance_noise", variance_noise)
+        if variance_noise.shape != sample.shape:
+            raise ValueError(
+                f"variance_noise must have the sample's shape {tuple(sample.shape)}; got {tuple(variance_noise.shape)}"
+            )
+        return variance_noise.to(sample.device) if stochastic else None
+    if not stochastic:
+        return None
+    return randn(sample.shape, generator, sample.device, draw_dtype or sample.dtype)

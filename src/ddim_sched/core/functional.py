@@ -12,10 +12,11 @@ from collections.abc import Sequence
 
 import torch
 
-from ._fused import STRUCTURAL_ZEROS, WEIGHTS, fused_step
+from ._fused import STRUCTURAL_ZEROS, WEIGHTS
 from .runtime import compute_dtype
+from .step import apply_step, check_out
 from .thresholding import ClipMode, X0Clip
-from .update import StepCoefficients, step_coefficients, vp_level
+from .update import StepCoefficients, check_prediction_type, step_coefficients, vp_level
 
 __all__ = ["COEFFICIENTS", "COLUMN", "STRUCTURAL_ZEROS", "ddim_coefficients", "ddim_step"]
 
@@ -62,8 +63,8 @@ def ddim_step(
     noise: torch.Tensor | None = None,
     out: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """One DDIM update (eq. 12) from precomputed coefficients. Not differentiable (use
-    :func:`ddim_sched.core.update.ddim_update` under autograd).
+    """One DDIM update (eq. 12) from precomputed coefficients (:func:`ddim_sched.core.step.apply_step`:
+    differentiable in the tensors and in tensor coefficients).
 
     Args:
         model_output: m, [B, ...], any floating dtype and layout.
@@ -84,14 +85,9 @@ def ddim_step(
         ValueError: An unknown clip mode or prediction_type, or ``out`` of another shape or dtype.
     """
     bounds = X0Clip(clip, clip_sample_range, dynamic_thresholding_ratio, sample_max_value)
-    if prediction_type not in STRUCTURAL_ZEROS:
-        accepted = ", ".join(map(repr, STRUCTURAL_ZEROS))
-        raise ValueError(f"prediction_type must be one of {accepted}; got {prediction_type!r}")
-    if out is not None and (out.shape != sample.shape or out.dtype != sample.dtype):
-        raise ValueError(
-            f"out must be a tensor of the sample's shape {tuple(sample.shape)} and dtype {sample.dtype}; "
-            f"got {tuple(out.shape)} of dtype {out.dtype}"
-        )
+    check_prediction_type(prediction_type)
+    if out is not None:
+        check_out(out, sample)
     columns: tuple[float | torch.Tensor, ...]
     if isinstance(coefficients, torch.Tensor):
         columns = coefficients.to(device=sample.device, dtype=compute_dtype(sample.dtype)).unbind(-1)
@@ -99,4 +95,5 @@ def ddim_step(
         columns = tuple(float(c) for c in coefficients)
     levels = (float("nan"),) * (len(StepCoefficients._fields) - len(columns))
     weights = StepCoefficients(*columns, *levels)
-    return fused_step(model_output, sample, weights, prediction_type, bounds, use_clipped_model_output, noise, out)
+    prev, x0 = apply_step(model_output, sample, weights, prediction_type, bounds, use_clipped_model_output, noise, out)
+    return prev, x0  # type: ignore[return-value]  # x̂0 is always computed here

@@ -35,7 +35,7 @@ terminal SNR, b = 0 for a clean sample) they give the limits of the formulas.
 from __future__ import annotations
 
 import math
-from typing import NamedTuple, Union, overload
+from typing import Literal, NamedTuple, Union, get_args, overload
 
 import torch
 
@@ -43,6 +43,9 @@ from .thresholding import NO_CLIP, X0Clip
 
 __all__ = [
     "PREDICTION_TYPES",
+    "VP_PREDICTION_TYPES",
+    "PredictionType",
+    "check_prediction_type",
     "StepCoefficients",
     "ddim_direction",
     "ddim_sigma",
@@ -55,8 +58,11 @@ __all__ = [
     "vp_level",
 ]
 
-# What a model may predict: ε, x0, v = a·ε − b·x0 (Salimans & Ho 2022), or the flow velocity u = ε − x0.
-PREDICTION_TYPES: tuple[str, ...] = ("epsilon", "sample", "v_prediction", "flow_prediction")
+# What a model on the variance-preserving path may predict: ε, x0, or v = a·ε − b·x0 (Salimans & Ho 2022).
+PredictionType = Literal["epsilon", "sample", "v_prediction"]
+VP_PREDICTION_TYPES: tuple[str, ...] = get_args(PredictionType)
+# ... and on the flow path, the velocity u = ε − x0.
+PREDICTION_TYPES: tuple[str, ...] = (*VP_PREDICTION_TYPES, "flow_prediction")
 
 # A number: a Python float, or a tensor broadcastable against the others.
 Number = Union[float, torch.Tensor]  # noqa: UP007 (a runtime alias, for Python 3.10's annotations too)
@@ -113,8 +119,23 @@ def prediction_weights(a: Number, b: Number, prediction_type: str) -> tuple[Numb
     if prediction_type == "flow_prediction":
         n = a + b
         return 1 / n, -b / n, 1 / n, a / n
+    raise _unknown_prediction_type(prediction_type)
+
+
+def check_prediction_type(prediction_type: str) -> str:
+    """``prediction_type`` if it is one of :data:`PREDICTION_TYPES`.
+
+    Raises:
+        ValueError: Any other value (the message lists the accepted ones).
+    """
+    if prediction_type not in PREDICTION_TYPES:
+        raise _unknown_prediction_type(prediction_type)
+    return prediction_type
+
+
+def _unknown_prediction_type(prediction_type: object) -> ValueError:
     accepted = ", ".join(map(repr, PREDICTION_TYPES))
-    raise ValueError(f"prediction_type must be one of {accepted}; got {prediction_type!r}")
+    return ValueError(f"prediction_type must be one of {accepted}; got {prediction_type!r}")
 
 
 def predict_x0_eps(

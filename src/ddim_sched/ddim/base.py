@@ -15,56 +15,21 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..common.arguments import timestep_values
+from ..common.arguments import broadcast_pair, timestep_values
 from ..common.progress import StepProgress
-from ..common.validation import check_floating_tensor, check_int
+from ..common.validation import check_int
 from ..compat.config_surface import ConfigSurface
 from ..compat.scheduler_mixin import SchedulerMixin
-from ..core._fused import as_column, fused_step
 from ..core.runtime import compute_dtype
 from ..core.thresholding import ClipMode, X0Clip
-from ..core.update import StepCoefficients, ddim_update
 from ..tables.betas import alpha_bar_from_betas, make_betas
 from ..tables.spacing import SPACINGS, check_timesteps, successor_stride
 from .config import DDIMConfig
 from .plan import NoiseLevels, Schedule
 
 TimestepsArg = Sequence[int] | np.ndarray | torch.Tensor
-
-
-def _check_pair(first: str, a: Any, second: str, b: Any) -> None:
-    """Both floating tensors of one shape with a batch dimension."""
-    if type(a) is torch.Tensor and type(b) is torch.Tensor and a.is_floating_point() and b.is_floating_point():
-        if a.shape == b.shape and a.dim():  # the common case, first
-            return
-    check_floating_tensor(first, a)
-    check_floating_tensor(second, b)
-    if a.shape != b.shape:
-        raise ValueError(f"{first} and {second} must have the same shape; got {tuple(a.shape)} and {tuple(b.shape)}")
-    if a.dim() == 0:
-        raise ValueError(f"{first} must have a batch dimension; got a 0-d tensor")
-
-
-def _broadcast_pair(first: str, a: Any, second: str, b: Any) -> tuple[torch.Tensor, torch.Tensor]:
-    """Both floating tensors with a batch dimension, of one shape or shapes that broadcast to one (as the
-    forward process in diffusers takes them: one noise for a batch, say), expanded to it without copying."""
-    if type(a) is torch.Tensor and type(b) is torch.Tensor and a.shape == b.shape and a.dim():
-        _check_pair(first, a, second, b)
-        return a, b
-    check_floating_tensor(first, a)
-    check_floating_tensor(second, b)
-    if a.dim() == 0 or b.dim() == 0:
-        shapes = f"{tuple(a.shape)} and {tuple(b.shape)}"
-        raise ValueError(f"{first} and {second} must have a batch dimension; got shapes {shapes}")
-    try:
-        torch.broadcast_shapes(a.shape, b.shape)
-    except RuntimeError:
-        raise ValueError(
-            f"{first} and {second} must have one shape or shapes that broadcast to one; got {tuple(a.shape)} and "
-            f"{tuple(b.shape)}"
-        ) from None
-    expanded_a, expanded_b = torch.broadcast_tensors(a, b)
-    return expanded_a, expanded_b
+# The DDIM schedulers defined in this package (filled as their classes are defined): they share one config.
+_DDIM_FAMILY: list[type] = []
 
 
 class DDIMSchedulerBase(StepProgress, ConfigSurface, SchedulerMixin):
@@ -181,13 +146,15 @@ class DDIMSchedulerBase(StepProgress, ConfigSurface, SchedulerMixin):
     def _default_timesteps(self) -> torch.Tensor:
         return torch.arange(self._config.num_train_timesteps - 1, -1, -1, dtype=torch.int64)
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.__module__.startswith(__package__ or "ddim_sched.ddim"):  # this package's own schedulers
+            _DDIM_FAMILY.append(cls)
+
     @property
     def compatibles(self) -> list[type]:
         """The ddim_sched classes that accept this scheduler's config (``_compatibles`` names diffusers')."""
-        import ddim_sched
-
-        names = ("DDIMScheduler", "DDIMInverseScheduler", "DDIMParallelScheduler")
-        return [getattr(ddim_sched, name) for name in names if hasattr(ddim_sched, name)]
+        return list(_DDIM_FAMILY)
 
     def __len__(self) -> int:
         return self._config.num_train_timesteps
@@ -228,29 +195,6 @@ class DDIMSchedulerBase(StepProgress, ConfigSurface, SchedulerMixin):
             stride = successor_stride(config.prev_timestep_rule, config.timestep_spacing, T, len(visited))
         return Schedule(visited, self._levels, config.prediction_type, stride, device)
 
-    def _check_zero_snr(self, timesteps: Sequence[int]) -> None:
-        """Epsilon prediction is undefined where ᾱ = 0 (zero terminal SNR): refuse such a timestep."""
-        if self._config.prediction_type != "epsilon":
-            return
-        first_zero = self._levels.first_zero
-        for t in timesteps:
-            if t >= first_zero:
-                value = self._levels.alpha_bar_at(int(t))
-                what = (
-                    "alpha_bar is 0 there (zero terminal SNR)"
-                    if value == 0
-                    else (
-                        f"alpha_bar is {value:.3g} there, so small that 1/sqrt(alpha_bar) overflows float32 "
-                        "(zero SNR in effect)"
-                    )
-                )
-                raise ValueError(
-                    f"timestep {int(t)}: {what}, but prediction_type is 'epsilon': "
-                    "x0 = (x - sqrt(1 - alpha_bar) * eps) / sqrt(alpha_bar) is undefined. Use "
-                    "prediction_type='v_prediction' (as Lin et al. 2023 prescribe for zero SNR), or a spacing "
-                    "that does not visit the last timestep ('leading')."
-                )
-
     def previous_timestep(self, timestep: int | torch.Tensor) -> int | torch.Tensor:
         """The timestep a sampling step from ``timestep`` lands on under the config's rule (−1: past the
         end). For an inverse scheduler, the level its step labelled ``timestep`` starts from.
@@ -275,55 +219,6 @@ class DDIMSchedulerBase(StepProgress, ConfigSurface, SchedulerMixin):
             num_train_timesteps=self._config.num_train_timesteps,
             shape=tuple(sample.shape),
             allow_negative=allow_negative,
-        )
-
-    # ------------------------------------------------------------------ running a step
-
-    def _run_step(
-        self,
-        model_output: torch.Tensor,
-        sample: torch.Tensor,
-        coefficients: StepCoefficients,
-        eta: float | torch.Tensor,
-        clip: X0Clip,
-        use_clipped_model_output: bool = False,
-        noise: torch.Tensor | None = None,
-        out: torch.Tensor | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(x_s, x̂0): the fused engine, or while autograd records the plain step as the paper writes it."""
-        prediction_type = self._config.prediction_type
-        dtype = compute_dtype(sample.dtype)
-        weight = coefficients.prev_x
-        if torch.is_grad_enabled() and (
-            model_output.requires_grad
-            or sample.requires_grad
-            or (noise is not None and noise.requires_grad)
-            or (isinstance(eta, torch.Tensor) and eta.requires_grad)
-        ):
-            ndim = sample.dim()
-            a_t, b_t, a_s, b_s = (
-                as_column(c.to(sample.device), ndim) if isinstance(c, torch.Tensor) else c for c in coefficients[10:]
-            )
-            eta_b = as_column(eta.to(sample.device), ndim) if isinstance(eta, torch.Tensor) else eta
-            z = None if noise is None else noise.to(dtype)
-            prev, x0 = ddim_update(
-                model_output.to(dtype),
-                sample.to(dtype),
-                (a_t, b_t),
-                (a_s, b_s),
-                eta_b,
-                prediction_type,
-                clip,
-                use_clipped_model_output,
-                z,
-            )
-            prev, x0 = prev.to(sample.dtype), x0.to(sample.dtype)
-            return (prev if out is None else out.copy_(prev)), x0
-        if isinstance(weight, torch.Tensor) and (weight.dtype != dtype or weight.device != sample.device):
-            columns = torch.stack(torch.broadcast_tensors(*coefficients)).to(device=sample.device, dtype=dtype)
-            coefficients = StepCoefficients(*columns.unbind(0))
-        return fused_step(
-            model_output, sample, coefficients, prediction_type, clip, use_clipped_model_output, noise, out
         )
 
     # ------------------------------------------------------------------ forward process
@@ -367,7 +262,7 @@ class DDIMSchedulerBase(StepProgress, ConfigSurface, SchedulerMixin):
         Raises:
             TypeError, ValueError: Non-floating tensors, shapes that do not broadcast, bad timesteps.
         """
-        original_samples, noise = _broadcast_pair("original_samples", original_samples, "noise", noise)
+        original_samples, noise = broadcast_pair("original_samples", original_samples, "noise", noise)
         return self._combine(original_samples, noise, timesteps, velocity=False)
 
     def get_velocity(self, sample: torch.Tensor, noise: torch.Tensor, timesteps: Any) -> torch.Tensor:
@@ -382,7 +277,7 @@ class DDIMSchedulerBase(StepProgress, ConfigSurface, SchedulerMixin):
             v in the sample's dtype and the broadcast shape, computed in at least float32. The scheduler is not
             modified.
         """
-        sample, noise = _broadcast_pair("sample", sample, "noise", noise)
+        sample, noise = broadcast_pair("sample", sample, "noise", noise)
         return self._combine(sample, noise, timesteps, velocity=True)
 
     def scale_model_input(self, sample: torch.Tensor, timestep: Any = None) -> torch.Tensor:

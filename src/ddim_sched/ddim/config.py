@@ -12,15 +12,16 @@ import numpy as np
 from ..common.frozen_config import FrozenConfig
 from ..common.validation import check_choice, check_flag, check_int, check_real
 from ..compat.config_surface import COMPATIBLE_KEYS
+from ..core.update import VP_PREDICTION_TYPES, PredictionType
 from ..tables.betas import BETA_SCHEDULES
 from ..tables.spacing import SPACINGS
 
 logger = logging.getLogger("ddim_sched")
 
-PredictionType = Literal["epsilon", "sample", "v_prediction"]
 PrevTimestepRule = Literal["stride", "schedule"]
 
-PREDICTION_TYPES: tuple[str, ...] = get_args(PredictionType)
+# What a DDIM model may predict (the flow scheduler's velocity is not among them).
+PREDICTION_TYPES: tuple[str, ...] = VP_PREDICTION_TYPES
 PREV_TIMESTEP_RULES: tuple[str, ...] = get_args(PrevTimestepRule)
 
 # The 15 fields of diffusers' DDIMScheduler, in its order; the rest are ddim_sched extensions.

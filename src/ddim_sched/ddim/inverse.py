@@ -18,17 +18,16 @@ import inspect
 import warnings
 from typing import Any, ClassVar, Literal, overload
 
-import numpy as np
 import torch
 
+from ..common.arguments import check_pair
 from ..compat.output import DDIMSchedulerOutput
 from ..compat.scheduler_mixin import SchedulerMixin  # noqa: F401  (diffusers' pipeline loader looks for it beside the class)
-from ..core._fused import takes_host_weights
-from ..core.runtime import compute_dtype, is_compiling
+from ..core.step import apply_step
 from ..core.thresholding import X0Clip
-from ..core.update import StepCoefficients
 from ..tables.spacing import check_timesteps
-from .base import DDIMSchedulerBase, TimestepsArg, _check_pair
+from .base import DDIMSchedulerBase, TimestepsArg
+from .config import DDIMConfig
 
 _DEPRECATED_ALPHA_KWARG = "set_alpha_to_zero"
 # The constructor options of diffusers' DDIMInverseScheduler; the others appear in config only when changed.
@@ -107,6 +106,11 @@ class DDIMInverseScheduler(DDIMSchedulerBase):
     def _default_timesteps(self) -> torch.Tensor:
         return torch.arange(self._config.num_train_timesteps, dtype=torch.int64)
 
+    @staticmethod
+    def _x0_clip(config: DDIMConfig) -> X0Clip:
+        """As diffusers' inverse scheduler: ``clip_sample`` clamps x̂0, ``thresholding`` is ignored."""
+        return X0Clip("clip" if config.clip_sample else "none", config.clip_sample_range)
+
     @property
     def initial_alpha_cumprod(self) -> torch.Tensor:
         """ᾱ before the first step (the clean sample): 1 with set_alpha_to_one, else ᾱ_0; float32."""
@@ -174,26 +178,12 @@ class DDIMInverseScheduler(DDIMSchedulerBase):
             TypeError: Non-tensor or non-floating inputs, a non-integer timestep.
         """
         schedule = self._require_schedule()
-        _check_pair("model_output", model_output, "sample", sample)
-        if isinstance(timestep, torch.Tensor) and not is_compiling():
-            known = schedule.host_timestep(timestep)  # an element of timesteps: its value is known
-            timestep = timestep if known is None else known
-        t = self._timestep_arg(timestep, sample, "timestep")
-        coefficients: StepCoefficients
-        if isinstance(t, int) and takes_host_weights(model_output, sample):
-            coefficients = schedule.row(schedule.target(t), t, 0.0)
-        elif isinstance(t, int):
-            coefficients = schedule.device_row(schedule.target(t), t, 0.0, compute_dtype(sample.dtype), sample.device)
-        elif isinstance(t, np.ndarray):
-            sources = np.array([schedule.target(int(v)) for v in t.reshape(-1)]).reshape(t.shape)
-            coefficients = schedule.rows_at(sources, t, 0.0, compute_dtype(sample.dtype), sample.device)
-        else:
-            t_tensor = t.to(sample.device)
-            coefficients = schedule.rows_of(schedule.targets_of(t_tensor), t_tensor, 0.0)
-        config = self._config
-        clip = X0Clip("clip" if config.clip_sample else "none", config.clip_sample_range)
-        prev_sample, pred_original_sample = self._run_step(model_output, sample, coefficients, 0.0, clip)
+        check_pair("model_output", model_output, "sample", sample)
+        coefficients = schedule.coefficients(timestep, 0.0, sample, model_output)
+        prev_sample, pred_original_sample = apply_step(
+            model_output, sample, coefficients, self._config.prediction_type, self._clip
+        )
         self._count_step(timestep)
         if not return_dict:
-            return prev_sample, pred_original_sample
+            return prev_sample, pred_original_sample  # type: ignore[return-value]
         return DDIMSchedulerOutput(prev_sample=prev_sample, pred_original_sample=pred_original_sample)

@@ -16,12 +16,11 @@ from typing import ClassVar
 
 import torch
 
-from ..common.arguments import eta_values
+from ..common.arguments import check_pair, eta_values
 from ..compat.output import DDIMSchedulerOutput
 from ..compat.scheduler_mixin import SchedulerMixin  # noqa: F401  (diffusers' pipeline loader looks for it beside the class)
-from ..core.runtime import is_compiling
+from ..core.step import apply_step
 from ..core.update import snr_ratio
-from .base import _check_pair
 from .scheduler import DDIMScheduler
 
 
@@ -60,13 +59,13 @@ class DDIMParallelScheduler(DDIMScheduler):
             ValueError, TypeError: As :meth:`DDIMScheduler.step`.
         """
         schedule = self._require_schedule()
-        _check_pair("model_output", model_output, "sample", sample)
+        check_pair("model_output", model_output, "sample", sample)
         eta = eta_values(eta, tuple(sample.shape), sample.device)
-        recognisable = isinstance(timesteps, torch.Tensor) and not is_compiling()
-        known = schedule.host_timestep(timesteps) if recognisable else None
-        t = self._timestep_arg(timesteps if known is None else known, sample, "timesteps")
-        coefficients = self._coefficients(schedule, t, None, eta, model_output, sample)
-        prev_sample, _ = self._run_step(model_output, sample, coefficients, eta, self._clip, use_clipped_model_output)
+        coefficients = schedule.coefficients(timesteps, eta, sample, model_output)
+        prev_sample, _ = apply_step(
+            model_output, sample, coefficients, self._config.prediction_type, self._clip, use_clipped_model_output,
+            with_x0=False,
+        )  # fmt: skip
         return prev_sample
 
     def _batch_get_variance(self, t: torch.Tensor, prev_t: torch.Tensor) -> torch.Tensor:

@@ -5,40 +5,17 @@ from __future__ import annotations
 import math
 from typing import Any, ClassVar, Literal, overload
 
-import numpy as np
 import torch
 
-from ..common.arguments import eta_values, pattern_key
-from ..common.validation import check_floating_tensor
+from ..common.arguments import check_pair, eta_values, step_noise
 from ..compat.output import DDIMSchedulerOutput
 from ..compat.scheduler_mixin import SchedulerMixin  # noqa: F401  (diffusers' pipeline loader looks for it beside the class)
-from ..core._fused import takes_host_weights
-from ..core.noise import Generator, randn
-from ..core.runtime import compute_dtype, is_compiling
+from ..core.noise import Generator
+from ..core.step import apply_step, check_out
 from ..core.update import StepCoefficients, snr_ratio
-from .base import DDIMSchedulerBase, TimestepsArg, _check_pair
-from .plan import Schedule
+from .base import DDIMSchedulerBase, TimestepsArg
 
 StepResult = DDIMSchedulerOutput | tuple[torch.Tensor, torch.Tensor]
-
-
-def _as_tensor(value: int | np.ndarray | torch.Tensor, device: torch.device) -> torch.Tensor:
-    if isinstance(value, torch.Tensor):
-        return value.to(device)
-    return torch.as_tensor(np.asarray(value, dtype=np.int64), device=device)
-
-
-def _check_out(out: Any, sample: torch.Tensor) -> None:
-    """``out`` must be a writable tensor of the sample's shape and dtype, no element stored twice."""
-    if not isinstance(out, torch.Tensor) or out.shape != sample.shape or out.dtype != sample.dtype:
-        raise ValueError(
-            f"out must be a tensor of the sample's shape {tuple(sample.shape)} and dtype {sample.dtype}; "
-            f"got {getattr(out, 'shape', out)!r} of dtype {getattr(out, 'dtype', None)}"
-        )
-    if any(stride == 0 and size > 1 for stride, size in zip(out.stride(), out.shape, strict=True)):
-        raise ValueError(
-            f"out must not be an expanded tensor (stride 0 stores one element many times); got strides {out.stride()}"
-        )
 
 
 class DDIMScheduler(DDIMSchedulerBase):
@@ -90,75 +67,11 @@ class DDIMScheduler(DDIMSchedulerBase):
             TypeError: num_inference_steps is not an int, or timesteps are not integers.
         """
         schedule = self._plan(num_inference_steps, timesteps, device)
-        self._check_zero_snr(schedule.timesteps.tolist())
+        self._levels.check_defined(int(schedule.timesteps.max()), self._config.prediction_type)
         self.timesteps = schedule.tensor
         self._install(schedule, {"num_inference_steps": num_inference_steps, "device": device, "timesteps": timesteps})
 
     # ------------------------------------------------------------------ the step
-
-    def _step_coefficients(
-        self, schedule: Schedule, timestep: Any, prev_timestep: Any, eta: float | torch.Tensor,
-        model_output: torch.Tensor, sample: torch.Tensor,
-    ) -> StepCoefficients:  # fmt: skip
-        """:meth:`_coefficients` of the timestep argument as given. A host tensor of per-element timesteps is
-        looked up by its values first: a video sampler passes one pattern of levels every call, validated
-        and computed once per schedule (:func:`ddim_sched.common.arguments.pattern_key`)."""
-        key = pattern_key(timestep, eta, sample, model_output) if prev_timestep is None else None
-        cached = None if key is None else schedule.patterns.get(key)
-        if cached is not None:
-            return cached
-        t = self._timestep_arg(timestep, sample, "timestep")
-        coefficients = self._coefficients(schedule, t, prev_timestep, eta, model_output, sample)
-        return coefficients if key is None else schedule.patterns.put(key, coefficients)
-
-    def _coefficients(
-        self,
-        schedule: Schedule,
-        t: Any,
-        prev_timestep: Any,
-        eta: float | torch.Tensor,
-        model_output: torch.Tensor,
-        sample: torch.Tensor,
-    ) -> StepCoefficients:
-        """The step's coefficients: host floats for one host timestep (where the engine applies host weights
-        directly; else the same row as tensors, copied to the device once per schedule), tensors per sample
-        or per element otherwise.
-
-        ``t`` is the normalised timestep argument (an element of ``timesteps`` already replaced by its value)."""
-        target: Any = None
-        if prev_timestep is not None:
-            target = self._timestep_arg(prev_timestep, sample, "prev_timestep", allow_negative=True)
-        if not isinstance(t, torch.Tensor):
-            self._check_zero_snr([int(np.max(t))] if np.size(t) else [])
-            if isinstance(eta, float) and not isinstance(target, torch.Tensor):
-                if isinstance(t, int) and (target is None or isinstance(target, int)):
-                    lands = schedule.target(t) if target is None else target
-                    if takes_host_weights(model_output, sample):
-                        return schedule.sampling_row(t, eta) if target is None else schedule.row(t, lands, eta)
-                    return schedule.device_row(t, lands, eta, compute_dtype(sample.dtype), sample.device)
-                dtype = compute_dtype(sample.dtype)
-                targets = None if target is None else np.asarray(target)
-                return schedule.rows_at(np.asarray(t), targets, eta, dtype, sample.device)
-        device = sample.device
-        t_tensor = _as_tensor(t, device)
-        if target is None:
-            target = schedule.targets_of(t_tensor)
-        return schedule.rows_of(t_tensor, _as_tensor(target, device), eta)
-
-    def _noise(self, eta: float | torch.Tensor, sample: torch.Tensor, generator: Generator, variance_noise: Any) -> Any:
-        """z for the step: the given ``variance_noise``, or drawn as diffusers draws it; None when η = 0."""
-        if generator is not None and variance_noise is not None:
-            raise ValueError("pass either generator or variance_noise, not both")
-        stochastic = isinstance(eta, torch.Tensor) or eta > 0
-        if variance_noise is not None:
-            check_floating_tensor("variance_noise", variance_noise)
-            if variance_noise.shape != sample.shape:
-                raise ValueError(
-                    f"variance_noise must have the sample's shape {tuple(sample.shape)}; "
-                    f"got {tuple(variance_noise.shape)}"
-                )
-            return variance_noise.to(sample.device) if stochastic else None
-        return randn(sample.shape, generator, sample.device, sample.dtype) if stochastic else None
 
     @overload
     def step(
@@ -238,37 +151,23 @@ class DDIMScheduler(DDIMSchedulerBase):
             TypeError: Non-tensor or non-floating inputs, non-integer timesteps.
         """
         schedule = self._require_schedule()
-        _check_pair("model_output", model_output, "sample", sample)
+        check_pair("model_output", model_output, "sample", sample)
         if out is not None:
-            _check_out(out, sample)
+            check_out(out, sample)
         if not (type(eta) is float and 0.0 <= eta < math.inf):  # else already normalised: the common case
             eta = eta_values(eta, tuple(sample.shape), sample.device)
-        if isinstance(timestep, torch.Tensor) and not is_compiling():
-            # An element of this schedule's timesteps (a pipeline's loop variable): its value is known.
-            known = schedule.host_timestep(timestep)
-            timestep = timestep if known is None else known
-        coefficients: StepCoefficients
-        if (  # the common case: one host timestep with ᾱ > 0, a float η
-            type(timestep) is int
-            and prev_timestep is None
-            and isinstance(eta, float)
-            and 0 <= timestep < self._levels.first_zero
-        ):
-            if takes_host_weights(model_output, sample):
-                coefficients = schedule.sampling_row(timestep, eta)
-            else:  # e.g. half precision on an accelerator: the row the schedule keeps on the device
-                dtype = compute_dtype(sample.dtype)
-                coefficients = schedule.device_row(timestep, schedule.target(timestep), eta, dtype, sample.device)
-        else:
-            coefficients = self._step_coefficients(schedule, timestep, prev_timestep, eta, model_output, sample)
-        stochastic = type(eta) is not float or eta > 0.0 or variance_noise is not None
-        noise = self._noise(eta, sample, generator, variance_noise) if stochastic else None
-        prev_sample, pred_original_sample = self._run_step(
-            model_output, sample, coefficients, eta, self._clip, use_clipped_model_output, noise, out
-        )
+        coefficients = schedule.coefficients(timestep, eta, sample, model_output, prev_timestep)
+        stochastic = type(eta) is not float or eta > 0.0
+        noise = None
+        if stochastic or variance_noise is not None:
+            noise = step_noise(stochastic, sample, generator, variance_noise)
+        prev_sample, pred_original_sample = apply_step(
+            model_output, sample, coefficients, self._config.prediction_type, self._clip, use_clipped_model_output,
+            noise, out,
+        )  # fmt: skip
         self._count_step(timestep)
         if not return_dict:
-            return prev_sample, pred_original_sample
+            return prev_sample, pred_original_sample  # type: ignore[return-value]
         return self._output_class(prev_sample=prev_sample, pred_original_sample=pred_original_sample)
 
     # ------------------------------------------------------------------ views of the schedule
@@ -286,7 +185,8 @@ class DDIMScheduler(DDIMSchedulerBase):
         rate = eta_values(eta, (1,), torch.device("cpu"))
         if not isinstance(t, int) or not isinstance(rate, float):
             raise TypeError("coefficients takes one timestep and a float eta")
-        return schedule.sampling_row(t, rate)
+        self._levels.check_defined(t, self._config.prediction_type)
+        return schedule.row(schedule.sampling_key(t), rate)
 
     def _get_variance(self, timestep: int | torch.Tensor, prev_timestep: int | torch.Tensor) -> torch.Tensor:
         """DDPM's posterior variance σ²(η = 1) of a step from ``timestep`` to ``prev_timestep`` (negative:

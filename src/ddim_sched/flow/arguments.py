@@ -9,16 +9,13 @@ per sample; [B, 1, F, 1, 1] one per frame of video latents [B, C, F, H, W]).
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import numpy as np
 import torch
 
 from ..common.arguments import per_element_shape
-from ..common.validation import as_int, as_real, check_floating_tensor, check_real
-from ..core.noise import Generator, randn
-from ..core.runtime import compute_dtype, is_compiling
+from ..common.validation import as_int, as_real, check_real
 
 __all__ = [
     "aligned",
@@ -27,9 +24,7 @@ __all__ = [
     "check_levels",
     "check_mu",
     "check_timestep_type",
-    "eta_value",
     "float_array",
-    "step_noise",
 ]
 
 
@@ -112,41 +107,3 @@ def check_timestep_type(name: str, value: Any) -> None:
         raise TypeError(
             f"{name} must be a float or a floating-point tensor; got {value!r} of type {type(value).__name__}"
         )
-
-
-def eta_value(eta: Any, sample: torch.Tensor) -> float | torch.Tensor:
-    """η as a float >= 0, or a per-element floating tensor (checked on the host when it is a CPU tensor;
-    a CPU tensor of one element becomes a float)."""
-    number = as_real(eta)
-    if number is not None:
-        return check_real("eta", number, 0.0)
-    if not isinstance(eta, torch.Tensor) or not eta.is_floating_point():
-        raise TypeError(f"eta must be a float or a floating-point tensor; got {eta!r} of type {type(eta).__name__}")
-    check_aligned("eta", eta, sample)
-    if eta.device.type != "cpu" or is_compiling() or eta.requires_grad:
-        return eta
-    values = eta.reshape(-1).tolist()
-    bad = [v for v in values if not (math.isfinite(v) and v >= 0)]
-    if bad:
-        raise ValueError(f"eta must be finite and >= 0; got {bad[0]!r}")
-    return float(values[0]) if eta.numel() == 1 else eta
-
-
-def step_noise(
-    stochastic: bool, sample: torch.Tensor, generator: Generator, variance_noise: Any
-) -> torch.Tensor | None:
-    """z for a step: the given ``variance_noise`` (checked), or drawn as diffusers' flow scheduler draws it
-    (``randn_tensor`` in float32, whatever the sample's dtype: it steps a float32 copy) and given the
-    compute dtype; None for a deterministic step."""
-    if generator is not None and variance_noise is not None:
-        raise ValueError("pass either generator or variance_noise, not both")
-    if variance_noise is not None:
-        check_floating_tensor("variance_noise", variance_noise)
-        if variance_noise.shape != sample.shape:
-            raise ValueError(
-                f"variance_noise must have the sample's shape {tuple(sample.shape)}; got {tuple(variance_noise.shape)}"
-            )
-        return variance_noise.to(sample.device) if stochastic else None
-    if not stochastic:
-        return None
-    return randn(sample.shape, generator, sample.device, torch.float32).to(compute_dtype(sample.dtype))

@@ -14,12 +14,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..common.arguments import pattern_key
+from ..common.cache import LockedCache
+from ..common.step_plan import Key, StepPlan
 from ..common.validation import check_floating_tensor, check_int
-from ..core._fused import device_row, takes_host_weights
 from ..core.runtime import compute_dtype, is_compiling
+from ..core.step import in_compute_dtype
 from ..core.update import StepCoefficients
-from ..ddim.plan import PATTERN_CACHE_SIZE, ROW_CACHE_SIZE, _LockedCache, element_position, gather_rows, row_table
 from ..tables.flow_sigmas import flow_sigmas
 from .arguments import (
     aligned,
@@ -31,17 +31,9 @@ from .arguments import (
     float_array,
 )
 from .config import FlowMatchDDIMConfig
-from .update import apply_step, flow_level, flow_step_coefficients, in_compute_dtype, ve_ancestral_step, ve_level
+from .update import flow_step_coefficients
 
-__all__ = [
-    "FlowSchedule",
-    "apply_step",
-    "flow_level",
-    "flow_step_coefficients",
-    "plan_schedule",
-    "ve_ancestral_step",
-    "ve_level",
-]
+__all__ = ["FlowSchedule", "plan_schedule"]
 
 logger = logging.getLogger("ddim_sched")
 
@@ -53,8 +45,9 @@ def _as_float64(values: np.ndarray | torch.Tensor) -> torch.Tensor:
     return torch.as_tensor(np.asarray(values, dtype=np.float64)).clone()
 
 
-class FlowSchedule:
-    """Timesteps and noise levels of a flow-matching schedule.
+class FlowSchedule(StepPlan):
+    """Timesteps and noise levels of a flow-matching schedule; a step's key is (index,): from the level of
+    ``timesteps[index]`` to the next level.
 
     Args:
         timesteps: The public timesteps, float32 [N], strictly monotone, in visiting order.
@@ -76,23 +69,17 @@ class FlowSchedule:
         num_train_timesteps: int,
         device: str | torch.device | None = None,
     ) -> None:
-        self.tensor = timesteps.to(device)
-        self.public_sigmas = public_sigmas.to(device)
+        with torch.inference_mode(False):
+            tensor, self.public_sigmas = timesteps.to(device).clone(), public_sigmas.to(device).clone()
+            self._host_tensor = timesteps.to("cpu", torch.float64).clone()
+        host = self._host_tensor.numpy()
+        host.setflags(write=False)
+        super().__init__(tensor, host, len(host) + 1)
         self.levels = _as_float64(levels)
         self.renoise, self.inverted, self.num_train_timesteps = renoise, inverted, num_train_timesteps
-        self._host_tensor = timesteps.to("cpu", torch.float64)
-        self.host = self._host_tensor.numpy()
-        self.host.setflags(write=False)
-        self.sampling = len(levels) == len(self.host) + 1
-        self._positions = {float(t): i for i, t in enumerate(self.host)}
-        self._tensor_version = self.tensor._version
-        self._rows = _LockedCache(ROW_CACHE_SIZE)
-        self._tables = _LockedCache(16)
-        # Coefficients of per-element timestep patterns, keyed by arguments.pattern_key.
-        self.patterns = _LockedCache(PATTERN_CACHE_SIZE)
-
-    def __len__(self) -> int:
-        return len(self.host)
+        self.sampling = len(levels) == len(host) + 1
+        self._positions = {float(t): i for i, t in enumerate(host)}
+        self._tables = LockedCache(16)
 
     # ------------------------------------------------------------------ finding a timestep
 
@@ -114,77 +101,79 @@ class FlowSchedule:
             hint = ""
         raise ValueError(f"{name} must be one of scheduler.timesteps; got {value!r}{hint}")
 
-    def host_index(self, timestep: Any, sample: torch.Tensor, model_output: torch.Tensor | None = None) -> int | None:
-        """The index of a timestep known on the host (checked: it must be one of the timesteps); None for a
-        tensor to look up on its device. An element of :attr:`tensor` is found without reading it (where the
-        engine takes host weights for these inputs)."""
+    def host_index(self, timestep: Any, sample: torch.Tensor) -> int | None:
+        """The index of a timestep known on the host without a device read (checked: it must be one of the
+        timesteps); None for a tensor to look up on its device."""
         check_timestep_type("timestep", timestep)
-        if not isinstance(timestep, torch.Tensor):
-            return self.index_of(float(timestep))
-        if timestep.dim():
-            check_aligned("timestep", timestep, sample)
-        if is_compiling():
-            return None
-        index = self.element_index(timestep)
-        if index is not None:
-            return index
-        if timestep.device.type == "cpu":
+        if isinstance(timestep, torch.Tensor):
+            value = self.host_value(timestep)
+            if value is None:
+                if timestep.dim():
+                    check_aligned("timestep", timestep, sample)
+                if timestep.device.type != "cpu" or is_compiling() or timestep.numel() != 1:
+                    return None
+                value = timestep.reshape(()).item()
+            timestep = value
+        return self.index_of(float(timestep))
+
+    # ------------------------------------------------------------------ the plan's steps
+
+    def _resolve(self, timestep: Any, landing: Any, sample: torch.Tensor) -> Any:
+        if not isinstance(timestep, torch.Tensor) or timestep.numel() == 1 and timestep.device.type == "cpu":
+            index = self.host_index(timestep, sample)
+            if index is not None:
+                return (index,)
+        padded = aligned("timestep", timestep, sample)
+        if timestep.device.type == "cpu" and not is_compiling():
             indices = [self.index_of(v) for v in timestep.reshape(-1).tolist()]
-            return indices[0] if len(indices) == 1 else None
-        return None
+            return np.array(indices, dtype=np.int64).reshape(padded.shape + (1,))
+        return self.indices_of(padded.to(sample.device)).unsqueeze(-1)
 
-    def host_indices(self, timestep: Any, sample: torch.Tensor) -> np.ndarray | None:
-        """For a CPU tensor of several timesteps (checked: each one of the timesteps, the tensor aligned with
-        the sample), their indices, shaped to broadcast over the sample; None for anything else."""
-        if not isinstance(timestep, torch.Tensor) or timestep.device.type != "cpu" or timestep.numel() < 2:
-            return None
-        if is_compiling():
-            return None
-        check_timestep_type("timestep", timestep)
-        padded = aligned("timestep", timestep, sample).shape
-        return np.array([self.index_of(v) for v in timestep.reshape(-1).tolist()], dtype=np.int64).reshape(padded)
+    def _host_row(self, key: Key, eta: float) -> StepCoefficients:
+        (index,) = key
+        row = flow_step_coefficients(
+            self.level(index), self.level(index + 1), eta, renoise=self.renoise, inverted=self.inverted
+        )
+        return StepCoefficients(*(float(c) for c in row))
 
-    def element_index(self, t: torch.Tensor) -> int | None:
-        """The index of a 0-d tensor that is an element of :attr:`tensor` (as ``for t in timesteps`` yields),
-        found from its place in memory without reading the device; None otherwise."""
-        index = element_position(self.tensor, self._tensor_version, t)
-        return index if index is not None and index < len(self) else None
+    def _keys_rows(self, keys: torch.Tensor, eta: float | torch.Tensor) -> StepCoefficients:
+        _, levels = self.tables(keys.device)
+        index = keys[..., 0]
+        sigma_t, sigma_s = levels[index], levels[(index + 1).clamp(max=len(levels) - 1)]
+        if isinstance(eta, torch.Tensor):
+            eta = eta.to(sigma_t.device, sigma_t.dtype)
+        return flow_step_coefficients(sigma_t, sigma_s, eta, renoise=self.renoise, inverted=self.inverted)
 
-    # ------------------------------------------------------------------ levels and coefficients
+    def _own_keys(self) -> list[Key]:
+        return [(i,) for i in range(len(self))]
+
+    def coefficients(
+        self,
+        timestep: Any,
+        eta: float | torch.Tensor,
+        sample: torch.Tensor,
+        model_output: torch.Tensor,
+        landing: Any = None,
+    ) -> StepCoefficients:
+        """:meth:`StepPlan.coefficients`, where ``landing`` is diffusers' ``per_token_timesteps``: σ_t = value/T
+        per element, landing on the largest schedule level below it, the model output read as x0 − ε."""
+        if landing is None:
+            return super().coefficients(timestep, eta, sample, model_output)
+        check_floating_tensor("per_token_timesteps", landing)
+        if self.inverted:
+            raise ValueError("per_token_timesteps cannot be used with invert_sigmas=True")
+        sigma_t = aligned("per_token_timesteps", landing, sample).to(sample.device, torch.float64)
+        sigma_t = sigma_t / self.num_train_timesteps
+        if isinstance(eta, torch.Tensor):
+            eta = aligned("eta", eta, sample).to(sigma_t.device, sigma_t.dtype)
+        row = flow_step_coefficients(sigma_t, self.levels_below(sigma_t), eta, renoise=self.renoise, inverted=True)
+        return in_compute_dtype(row, sample)
+
+    # ------------------------------------------------------------------ levels
 
     def level(self, index: int) -> float:
         """σ of the timestep at ``index`` (index len(self) on a sampling schedule: the final level)."""
         return float(self.levels[index])
-
-    def row(self, index: int, eta: float) -> StepCoefficients:
-        """The float64 coefficients (host floats) of the step from ``timesteps[index]`` with η, cached."""
-        key = (index, eta)
-        row = self._rows.get(key)
-        if row is None:
-            row = flow_step_coefficients(
-                self.level(index), self.level(index + 1), eta, renoise=self.renoise, inverted=self.inverted
-            )
-            row = self._rows.put(key, StepCoefficients(*(float(c) for c in row)))
-        return row
-
-    def device_row(self, index: int, eta: float, dtype: torch.dtype, device: torch.device) -> StepCoefficients:
-        """:meth:`row` as tensors [1] of ``dtype`` on ``device`` (:func:`~ddim_sched.core._fused.device_row`),
-        copied there once and cached (so a warmed-up loop copies nothing and can be captured in a CUDA graph)."""
-        key = ("device", index, eta, dtype, str(device))
-        row = self._rows.get(key)
-        if row is None:
-            row = self._rows.put(key, device_row(self.row(index, eta), dtype, device))
-        return row
-
-    def rows_at(self, indices: np.ndarray, eta: float, dtype: torch.dtype, device: torch.device) -> StepCoefficients:
-        """:meth:`row` elementwise for an array of indices, as tensors of its shape, from a [fields, S] table
-        of every step's row in ``dtype`` on ``device``, built once per (η, dtype, device) and cached."""
-        key = ("table", eta, dtype, str(device))
-        table = self._rows.get(key)
-        if table is None:
-            rows = [self.row(i, eta) for i in range(len(self))]
-            table = self._rows.put(key, row_table(rows, dtype, device))
-        return gather_rows(table, indices)
 
     def tables(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         """(timesteps, levels) as float64 tensors on ``device`` (float32 on MPS), copied there once."""
@@ -208,58 +197,6 @@ class FlowSchedule:
         distance = (timesteps - t.reshape(-1, 1).to(timesteps.dtype)).abs()
         return distance.argmin(dim=1).reshape(t.shape)
 
-    def levels_of(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(σ_t, σ_s) for a tensor of timesteps: each at its nearest timestep, landing on the next level."""
-        _, levels = self.tables(t.device)
-        index = self.indices_of(t)
-        return levels[index], levels[(index + 1).clamp(max=len(levels) - 1)]
-
-    def coefficients(
-        self, timestep: Any, eta: float | torch.Tensor, sample: torch.Tensor, model_output: torch.Tensor,
-        per_token: torch.Tensor | None = None,
-    ) -> tuple[StepCoefficients, int | None]:  # fmt: skip
-        """A step's coefficients (host floats, or tensors shaped to broadcast over the sample) and the
-        timestep's index where it is known on the host. ``per_token``: diffusers' per-token levels, σ_t =
-        value/T landing on the largest level below, the model output read as x0 − ε.
-
-        A host tensor of per-element timesteps is looked up by its values first: a video sampler passes one
-        pattern of levels every call, computed once per schedule and kept in the compute dtype on the
-        sample's device (:func:`ddim_sched.common.arguments.pattern_key`)."""
-        key = pattern_key(timestep, eta, sample, model_output) if per_token is None else None
-        cached = None if key is None else self.patterns.get(key)
-        if cached is not None:
-            return cached
-        weights, index = self._coefficients(timestep, eta, sample, model_output, per_token)
-        if key is None:
-            return weights, index
-        return self.patterns.put(key, (in_compute_dtype(weights, sample), index))
-
-    def _coefficients(
-        self, timestep: Any, eta: float | torch.Tensor, sample: torch.Tensor, model_output: torch.Tensor,
-        per_token: torch.Tensor | None,
-    ) -> tuple[StepCoefficients, int | None]:  # fmt: skip
-        inverted = self.inverted
-        if per_token is not None:
-            check_floating_tensor("per_token_timesteps", per_token)
-            if inverted:
-                raise ValueError("per_token_timesteps cannot be used with invert_sigmas=True")
-            sigma_t = aligned("per_token_timesteps", per_token, sample).to(sample.device, torch.float64)
-            sigma_t = sigma_t / self.num_train_timesteps
-            index, sigma_s, inverted = None, self.levels_below(sigma_t), True
-        else:
-            indices = self.host_indices(timestep, sample) if self.sampling else None
-            if indices is not None and isinstance(eta, float):  # several host timesteps: their rows, gathered
-                return self.rows_at(indices, eta, compute_dtype(sample.dtype), sample.device), None
-            index = self.host_index(timestep, sample, model_output)
-            if index is not None and isinstance(eta, float):
-                if takes_host_weights(model_output, sample):
-                    return self.row(index, eta), index
-                return self.device_row(index, eta, compute_dtype(sample.dtype), sample.device), index
-            sigma_t, sigma_s = self.levels_for(timestep, index, sample)
-        if isinstance(eta, torch.Tensor):
-            eta = aligned("eta", eta, sample).to(sigma_t.device, sigma_t.dtype)
-        return flow_step_coefficients(sigma_t, sigma_s, eta, renoise=self.renoise, inverted=inverted), index
-
     def sigma_at(self, timestep: Any, like: torch.Tensor) -> float | torch.Tensor:
         """σ at a timestep: a float for a host timestep, else a tensor of the compute dtype shaped to
         broadcast over ``like``."""
@@ -269,15 +206,6 @@ class FlowSchedule:
         t = aligned("timestep", timestep, like).to(like.device)
         _, levels = self.tables(like.device)
         return levels[self.indices_of(t)].to(compute_dtype(like.dtype))
-
-    def levels_for(self, timestep: Any, index: int | None, sample: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(σ_t, σ_s) as tensors on the sample's device, shaped to broadcast over it: of ``timesteps[index]``,
-        or of each element of the tensor ``timestep`` (index None)."""
-        if index is not None:
-            dtype = torch.float32 if sample.device.type == "mps" else torch.float64
-            levels = torch.tensor([self.level(index), self.level(index + 1)], dtype=dtype, device=sample.device)
-            return levels[0], levels[1]
-        return self.levels_of(aligned("timestep", timestep, sample).to(sample.device))
 
     def levels_below(self, sigma: torch.Tensor) -> torch.Tensor:
         """For each level σ, the largest schedule level below σ − 1e-6 (0 if none): where diffusers'

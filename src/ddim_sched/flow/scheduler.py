@@ -16,6 +16,7 @@ from typing import Any, ClassVar, Literal, overload
 import numpy as np
 import torch
 
+from ..common.arguments import broadcast_pair, check_pair, eta_values, step_noise
 from ..common.progress import StepProgress
 from ..common.validation import check_real
 from ..compat.config_surface import ConfigSurface
@@ -23,13 +24,13 @@ from ..compat.output import DDIMSchedulerOutput
 from ..compat.scheduler_mixin import SchedulerMixin
 from ..core.noise import Generator
 from ..core.runtime import compute_dtype
+from ..core.step import apply_step, check_out
 from ..core.update import prediction_weights
-from ..ddim.base import _broadcast_pair, _check_pair
 from ..tables.flow_sigmas import shift_sigmas, stretch_to_terminal, time_shift
-from .arguments import check_timestep_type, eta_value, step_noise
+from .arguments import check_timestep_type
 from .config import FlowMatchDDIMConfig
 from .plan import FlowSchedule, plan_schedule
-from .update import apply_step, flow_level
+from .update import flow_level
 
 StepResult = DDIMSchedulerOutput | tuple[torch.Tensor]
 Values = Sequence[float] | np.ndarray | torch.Tensor
@@ -193,12 +194,13 @@ class FlowMatchDDIMScheduler(StepProgress, ConfigSurface, SchedulerMixin):
     # ------------------------------------------------------------------ progress (begin_index, step_index)
 
     def _index_of_first(self, first: Any) -> int | None:
-        """The first step's index (recorded by :meth:`step`), or its tensor timestep, looked up here."""
-        if not isinstance(first, torch.Tensor):
-            return int(first)
-        if first.numel() != 1:
-            return None
-        return int((self._schedule or self._training).indices_of(first.reshape(())).item())
+        """The index of the first step's timestep (recorded by :meth:`step`), looked up here."""
+        schedule = self._schedule or self._training
+        if isinstance(first, torch.Tensor):
+            if first.numel() != 1:
+                return None
+            return int(schedule.indices_of(first.reshape(())).item())
+        return schedule.index_of(float(first))
 
     def index_for_timestep(self, timestep: float | torch.Tensor, schedule_timesteps: torch.Tensor | None = None) -> int:
         """The index of ``timestep`` in ``schedule_timesteps`` (default :attr:`timesteps`), as diffusers'
@@ -225,7 +227,7 @@ class FlowMatchDDIMScheduler(StepProgress, ConfigSurface, SchedulerMixin):
             return self._config.eta
         if self._config.stochastic_sampling:
             raise ValueError(f"eta cannot be given when stochastic_sampling=True (it re-noises fully); got eta={eta!r}")
-        return eta_value(eta, sample)
+        return eta_values(eta, tuple(sample.shape), sample.device)
 
     # ------------------------------------------------------------------ the step
 
@@ -322,24 +324,23 @@ class FlowMatchDDIMScheduler(StepProgress, ConfigSurface, SchedulerMixin):
             TypeError: Non-tensor or non-floating inputs; an integer timestep (an index, not a timestep).
         """
         schedule = self._require_schedule()
-        _check_pair("model_output", model_output, "sample", sample)
+        check_pair("model_output", model_output, "sample", sample)
         if (s_churn, s_tmin, s_tmax, s_noise) != (0.0, 0.0, float("inf"), 1.0):
             raise ValueError(
                 "s_churn, s_tmin, s_tmax and s_noise are not used (diffusers' FlowMatchEulerDiscreteScheduler "
                 f"ignores them too); use eta. Got {(s_churn, s_tmin, s_tmax, s_noise)!r}"
             )
-        valid_out = isinstance(out, torch.Tensor) and out.shape == sample.shape and out.dtype == sample.dtype
-        if out is not None and not valid_out:
-            raise ValueError(
-                f"out must be a tensor of the sample's shape {tuple(sample.shape)} and dtype {sample.dtype}; "
-                f"got {getattr(out, 'shape', out)!r} of dtype {getattr(out, 'dtype', None)}"
-            )
+        if out is not None:
+            check_out(out, sample)
         rate = self._eta(eta, sample)
-        weights, index = schedule.coefficients(timestep, rate, sample, model_output, per_token_timesteps)
+        weights = schedule.coefficients(timestep, rate, sample, model_output, per_token_timesteps)
         stochastic = self._config.stochastic_sampling or isinstance(rate, torch.Tensor) or rate > 0
-        noise = step_noise(stochastic, sample, generator, variance_noise)
-        prev_sample, pred_original_sample = apply_step(model_output, sample, weights, noise, out, return_dict)
-        self._count_step(index if index is not None else timestep)
+        # Drawn in float32 whatever the sample's dtype, as diffusers' flow scheduler draws it (it steps a float32 copy).
+        noise = step_noise(stochastic, sample, generator, variance_noise, torch.float32)
+        prev_sample, pred_original_sample = apply_step(
+            model_output, sample, weights, "flow_prediction", noise=noise, out=out, with_x0=return_dict
+        )
+        self._count_step(timestep)
         if not return_dict:
             return (prev_sample,)
         return DDIMSchedulerOutput(prev_sample=prev_sample, pred_original_sample=pred_original_sample)
@@ -363,7 +364,7 @@ class FlowMatchDDIMScheduler(StepProgress, ConfigSurface, SchedulerMixin):
             TypeError, ValueError: Non-floating tensors, shapes that do not broadcast, a timestep not in the
                 schedule.
         """
-        sample, noise = _broadcast_pair("sample", sample, "noise", noise)
+        sample, noise = broadcast_pair("sample", sample, "noise", noise)
         sigma = (self._schedule or self._training).sigma_at(timestep, sample)
         dtype = compute_dtype(sample.dtype)
         return ((1 - sigma) * sample.to(dtype) + sigma * noise.to(dtype)).to(sample.dtype)
@@ -376,7 +377,7 @@ class FlowMatchDDIMScheduler(StepProgress, ConfigSurface, SchedulerMixin):
         Returns:
             Both in the sample's dtype, computed in at least float32.
         """
-        _check_pair("model_output", model_output, "sample", sample)
+        check_pair("model_output", model_output, "sample", sample)
         sigma = (self._schedule or self._training).sigma_at(timestep, sample)
         a, b = flow_level(sigma)
         x0_x, x0_m, eps_x, eps_m = prediction_weights(a, b, "flow_prediction")

@@ -18,20 +18,9 @@ from __future__ import annotations
 
 import torch
 
-from ..core._fused import fused_prev_sample, fused_step
-from ..core.runtime import compute_dtype
-from ..core.thresholding import NO_CLIP
 from ..core.update import StepCoefficients, step_coefficients
 
-__all__ = [
-    "Value",
-    "apply_step",
-    "flow_level",
-    "flow_step_coefficients",
-    "in_compute_dtype",
-    "ve_ancestral_step",
-    "ve_level",
-]
+__all__ = ["Value", "flow_level", "flow_step_coefficients", "ve_ancestral_step", "ve_level"]
 
 # A float or a tensor (mixed freely: a float level with a tensor η, ...).
 Value = float | torch.Tensor
@@ -100,48 +89,3 @@ def ve_ancestral_step(sigma_from: Value, sigma_to: Value, eta: Value = 1.0) -> t
     a_s, b_s = ve_level(sigma_to)
     row = step_coefficients(a_t, b_t, a_s, b_s, eta, "epsilon")
     return row.eps_m, _minimum(row.sigma, b_s)  # eps_m, the weight of ε̂: √(σ_to² − σ_up²)
-
-
-def in_compute_dtype(weights: StepCoefficients, sample: torch.Tensor) -> StepCoefficients:
-    """Tensor weights in the sample's compute dtype on its device (converted together, in one copy, unless
-    they are already); host floats as they are."""
-    weight = weights.prev_x
-    if not isinstance(weight, torch.Tensor) or (
-        weight.dtype == compute_dtype(sample.dtype) and weight.device == sample.device
-    ):
-        return weights
-    columns = torch.stack(torch.broadcast_tensors(*weights)).to(device=sample.device, dtype=compute_dtype(sample.dtype))
-    return StepCoefficients(*columns.unbind(0))
-
-
-def apply_step(
-    model_output: torch.Tensor,
-    sample: torch.Tensor,
-    weights: StepCoefficients,
-    noise: torch.Tensor | None,
-    out: torch.Tensor | None,
-    with_x0: bool = True,
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """(x_s, x̂0) of a flow step from its weights (host floats, or tensors shaped to broadcast over the sample),
-    in the sample's dtype: the fused engine, or while autograd records the same linear combination out of
-    place. Without ``with_x0``, x̂0 is not computed (None; one pass over memory fewer)."""
-    dtype = compute_dtype(sample.dtype)
-    recording = torch.is_grad_enabled() and (
-        model_output.requires_grad
-        or sample.requires_grad
-        or (noise is not None and noise.requires_grad)
-        or (isinstance(weights.prev_x, torch.Tensor) and weights.prev_x.requires_grad)
-    )
-    if recording:
-        w = [c.to(sample.device, dtype) if isinstance(c, torch.Tensor) else c for c in weights]
-        x, m = sample.to(dtype), model_output.to(dtype)
-        prev = w[2] * x + w[3] * m
-        if noise is not None:
-            prev = prev + w[9] * noise.to(dtype)
-        prev = prev.to(sample.dtype)
-        x0 = (w[0] * x + w[1] * m).to(sample.dtype) if with_x0 else None
-        return (prev if out is None else out.copy_(prev)), x0
-    weights = in_compute_dtype(weights, sample)
-    if not with_x0:
-        return fused_prev_sample(model_output, sample, weights, "flow_prediction", noise, out), None
-    return fused_step(model_output, sample, weights, "flow_prediction", NO_CLIP, False, noise, out)

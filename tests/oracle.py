@@ -7,6 +7,7 @@ code: ᾱ in, x_prev and x̂0 out, term by term. Only tests import this module.
 from __future__ import annotations
 
 import torch
+from hypothesis import HealthCheck
 
 MU, C = 0.0, 0.5  # the Gaussian data N(μ, c²·I) of the inversion tests
 
@@ -101,3 +102,37 @@ def gaussian_data(shape=(4, 128), dtype=torch.float64, seed: int = 0, mu: float 
     """Samples of N(μ, c²I), seeded."""
     generator = torch.Generator().manual_seed(seed)
     return (mu + c * torch.randn(shape, generator=generator, dtype=torch.float64)).to(dtype)
+
+
+# Shared by the step tests: hypothesis settings, the three ways to bound x̂0, seeded inputs, one step's closed form.
+HYPOTHESIS = dict(deadline=None, derandomize=True, database=None, suppress_health_check=[HealthCheck.too_slow])
+CLIPS = {
+    "none": dict(clip_sample=False),
+    "clip": dict(clip_sample=True, clip_sample_range=1.5),
+    "threshold": dict(thresholding=True, dynamic_thresholding_ratio=0.9, sample_max_value=3.0),
+}
+
+
+def sample_inputs(shape, dtype=torch.float64, seed=0, scale=1.5):
+    g = torch.Generator().manual_seed(seed)
+    return (scale * torch.randn((3,) + tuple(shape), generator=g, dtype=torch.float64)).to(dtype).unbind(0)
+
+
+def expected_step(scheduler, m, x, t, eta, clip, noise):
+    """The float64 closed form for one step of ``scheduler`` from timestep(s) t ([] or [B])."""
+    t = torch.as_tensor(t)
+    prev = scheduler.previous_timestep(t)
+    alpha_bar = torch.cat([torch.tensor([scheduler.final_alpha_cumprod.double().item()]), scheduler.alpha_bar])
+    return closed_form_step(
+        m,
+        x,
+        alpha_bar[t + 1],
+        alpha_bar[prev + 1],
+        eta,
+        scheduler.config.prediction_type,
+        clip,
+        noise=noise,
+        clip_range=1.5,
+        ratio=0.9,
+        max_value=3.0,
+    )

@@ -10,7 +10,7 @@ Run from the repository root:
 Prints a Markdown table: per case the best-round time per call of each, the ratio ddim_sched /
 diffusers, the ratio to the memory "floor" (one fused read-2-write-1 op over the same tensors,
 torch.add(x, m, out=buf), scaled to the 4 passes a step needs: × 4/3), and the largest relative L2
-difference between the two libraries' outputs; then the four targets of issue 3, met or missed.
+difference between the two libraries' outputs; then the step-speed targets of docs/performance.md, met or missed.
 The flow-matching rows time FlowMatchDDIMScheduler against diffusers' FlowMatchEulerDiscreteScheduler.
 """
 
@@ -338,7 +338,7 @@ def main() -> None:
             f"({timer.best('eager') / fl:.2f}× floor)"
         )
 
-    # The targets of issue 3.
+    # The step-speed targets (docs/performance.md).
     f32 = torch.float32
     small = results[(SMALL, f32, 0.0, "off")]
     large = results[(LARGE, f32, 0.0, "off")]

@@ -11,7 +11,7 @@ Columns: time per step of diffusers (timestep as a 0-d device tensor, as pipelin
 step then syncs the host), ddim_sched eager with the same tensor timestep (device-table path),
 ddim_sched with a Python-int timestep (host-scalar path), and torch.compile(ddim_sched step);
 each ddim_sched column also as achieved bandwidth (x_t and m read once, x_prev and x̂0 written once:
-4 tensors) over the measured device copy bandwidth. Target of issue 3: >= 70% of copy bandwidth
+4 tensors) over the measured device copy bandwidth. Target: >= 70% of copy bandwidth
 on the largest size.
 """
 

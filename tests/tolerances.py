@@ -1,4 +1,4 @@
-"""The one table of numeric tolerances used across the test suite (STYLE.md rule 11).
+"""The one table of numeric tolerances used across the test suite (docs/numerics.md mirrors it).
 
 Relative L2 error ||a - b|| / ||b|| between ddim_sched and a reference, per dtype of the sample.
 diffusers computes its tables in float32 and, for half inputs, its arithmetic in half precision;

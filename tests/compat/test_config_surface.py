@@ -190,3 +190,13 @@ def test_repr_shows_the_class_and_its_config_but_not_a_table_of_betas(cls):
     text = repr(scheduler)
     assert text.startswith(f"{cls.__name__}(num_train_timesteps=1000, ") and shown in text
     assert "0.01, 0.01" not in text and "trained_betas" not in text
+
+
+def test_config_view_survives_copy_and_pickle():
+    import copy
+    import pickle
+
+    config = DDIMScheduler(timestep_spacing="trailing").config
+    for clone in (copy.copy(config), copy.deepcopy(config), pickle.loads(pickle.dumps(config))):
+        assert clone == config and clone.timestep_spacing == "trailing"
+        assert type(clone) is type(config)

@@ -263,8 +263,8 @@ def test_half_precision_on_an_accelerator_steps_without_conversions_or_copies(sc
     """On an accelerator a half-precision step applies its weights as the schedule's cached device row: it
     makes no copy (no host-to-device transfer of weights, no float32 conversion of the inputs or outputs)
     and no more passes over the sample's memory than a float32 step on the same device, reading the half
-    inputs directly. Issue 11 measured conversions around float32 arithmetic at 108 µs against 39 µs for
-    a float32 step on an H100. The meta device stands in for the accelerator: the step takes the same
+    inputs directly (docs/performance.md has what conversions cost on a GPU). The meta device stands in for
+    the accelerator: the step takes the same
     branches for any device that is not the CPU, and dispatches the same ops."""
 
     def dispatched(dtype):

@@ -1,13 +1,15 @@
-"""Bad input raises ValueError or TypeError naming the argument and the value received (STYLE.md rule 7)."""
+"""Bad input raises ValueError or TypeError naming the argument and the value received, before any work."""
 
 from __future__ import annotations
 
+import math
 import re
 
 import pytest
 import torch
 
 from ddim_sched import ConfigFileNotFoundError, DDIMScheduler
+from ddim_sched.core.update import prediction_weights
 from ddim_sched.ddim.config import PREDICTION_TYPES
 from ddim_sched.tables.betas import BETA_SCHEDULES
 from ddim_sched.tables.spacing import SPACINGS
@@ -232,10 +234,19 @@ def test_zero_snr_trailing_is_finite_for_sample_and_v_prediction(prediction_type
         assert torch.equal(first.step(m, 999, x).pred_original_sample, m)
 
 
-def test_diffusers_epsilon_at_zero_snr_is_observed(observe):
-    """Why ddim_sched refuses zero SNR with epsilon prediction (issue #3851): diffusers divides by √ᾱ_T = 0
-    there. Recorded, not asserted."""
-    reference = diffusers_scheduler(dict(rescale_betas_zero_snr=True, timestep_spacing="trailing", clip_sample=False))
+def test_epsilon_x0_is_undefined_at_zero_snr_and_defined_for_the_other_predictions(observe):
+    """Why ddim_sched refuses zero SNR with epsilon prediction (docs/migration.md, diffusers defects): x̂0 =
+    (x − √(1−ᾱ)·ε)/√ᾱ divides by √ᾱ_T = 0. The other predictions read x̂0 without that division. What
+    diffusers returns there is recorded, not asserted."""
+    epsilon = prediction_weights(0.0, 1.0, "epsilon")
+    assert math.isinf(epsilon[0]) and math.isinf(epsilon[1])
+    for prediction_type in ("sample", "v_prediction"):
+        x0_x, x0_m, _, _ = prediction_weights(0.0, 1.0, prediction_type)
+        assert math.isfinite(x0_x) and math.isfinite(x0_m)
+    config = dict(rescale_betas_zero_snr=True, timestep_spacing="trailing", clip_sample=False)
+    with pytest.raises(ValueError, match="timestep 999: alpha_bar is 0 there"):
+        DDIMScheduler(**config).set_timesteps(10)
+    reference = diffusers_scheduler(config)
     reference.set_timesteps(10)
     x, m = inputs()
     finite = bool(torch.isfinite(reference.step(m, int(reference.timesteps[0]), x).pred_original_sample).all())

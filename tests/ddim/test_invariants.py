@@ -149,7 +149,7 @@ def test_eta_one_noise_has_the_ddpm_variance_statistically():
 
 
 def test_per_sample_timesteps_equal_stepping_each_sample_alone():
-    """A [B] timestep tensor steps each batch element as if alone (STYLE.md rule 10)."""
+    """A [B] timestep tensor steps each batch element as if alone."""
     scheduler = DDIMScheduler(clip_sample=False, prediction_type="v_prediction", timestep_spacing="trailing")
     scheduler.set_timesteps(20)
     generator = torch.Generator().manual_seed(3)
@@ -378,8 +378,8 @@ def test_add_noise_and_get_velocity_compute_in_float32_for_half_samples(dtype):
 
 
 def test_bf16_add_noise_keeps_the_noise_that_diffusers_loses():
-    """docs/migration.md (diffusers defects), issue #9004: diffusers casts ᾱ to bfloat16 before the square root; ᾱ_t for
-    small t rounds to 1.0, so √(1 − ᾱ_t) = 0 and no noise is added. ddim_sched adds it."""
+    """docs/migration.md (diffusers defects, bfloat16 add_noise): diffusers casts ᾱ to bfloat16 before the
+    square root; ᾱ_t for small t rounds to 1.0, so √(1 − ᾱ_t) = 0 and no noise is added. ddim_sched adds it."""
     config = dict(num_train_timesteps=1000, beta_start=0.0001, beta_end=0.02)
     ours, reference = DDIMScheduler(**config), diffusers_scheduler(config)
     # Timesteps whose ᾱ rounds to 1 in bfloat16 (diffusers' cast) although 1 − ᾱ_t is about (t + 1)·1e-4.

@@ -77,5 +77,4 @@ def test_parallel_scheduler_is_a_ddim_scheduler_with_its_own_output_class():
     out = scheduler.step(m, 901, x)
     assert type(out) is ddim_sched.DDIMParallelSchedulerOutput
     assert torch.equal(out.prev_sample, reference.step(m, 901, x).prev_sample)
-    assert DDIMParallelScheduler._is_ode_scheduler is True
     assert DDIMParallelScheduler.from_config(reference.config).ddim_config == reference.ddim_config

@@ -107,7 +107,7 @@ def test_matches_ddim_parallel_batch_step_no_noise_where_it_is_right():
 
 
 def test_final_step_honours_set_alpha_to_one_where_ddim_parallel_does_not(observe):
-    # diffusers PR #14216: batch_step_no_noise uses ᾱ_prev = 1 at the final step even when
+    # docs/migration.md (diffusers defects): diffusers' batch_step_no_noise uses ᾱ_prev = 1 at the final step even when
     # set_alpha_to_one=False, where the final ᾱ must be ᾱ[0]. Ours lands on ᾱ[0]; diffusers' is recorded.
     ours, theirs = _parallel_pair(set_alpha_to_one=False)
     timesteps = torch.tensor([500, 0])  # one mid-schedule sample and one at the last step
@@ -208,9 +208,8 @@ def test_rules_agree_for_leading_spacing(steps, offset):
     [("linspace", 10, 999, 899, 888), ("trailing", 13, 999, 923, 922)],
 )
 def test_rules_differ_where_reference_says_diffusers_is_wrong(spacing, steps, t, stride_prev, schedule_prev):
-    # docs/migration.md (diffusers defects): linspace S=10 visits 999 → 888 but the stride lands on 899 (#11347,
-    # #12633);
-    # trailing S=13 visits 999 → 922 but the stride lands on 923 (#9261).
+    # docs/migration.md (diffusers defects): linspace S=10 visits 999 → 888 but the stride lands on 899;
+    # trailing S=13 visits 999 → 922 but the stride lands on 923.
     stride, schedule = _pair(timestep_spacing=spacing, clip_sample=False)
     stride.set_timesteps(steps)
     schedule.set_timesteps(steps)

@@ -143,7 +143,7 @@ def test_quad_spacing_row():
     [("linspace", 10, 999, 899, 888), ("trailing", 13, 999, 923, 922)],
 )
 def test_stride_rule_lands_off_schedule_as_published(spacing_name, S, t, stride_prev, schedule_prev):
-    """docs/migration.md (diffusers defects) (issues #11347, #12633, #9261): diffusers' t − T//S lands off the schedule.
+    """docs/migration.md (diffusers defects, the stride rule): diffusers' t − T//S lands off the schedule.
 
     prev_timestep_rule="stride" (the default, diffusers' behaviour) lands there; "schedule" lands on
     the next visited timestep.

@@ -23,7 +23,7 @@ from ddim_sched import FlowMatchDDIMConfig, FlowMatchDDIMScheduler, flow_update,
 from tests.tolerances import EXACT_RTOL, PARITY_RTOL, rel_l2
 
 HYPOTHESIS = dict(deadline=None, derandomize=True, database=None, suppress_health_check=[HealthCheck.too_slow])
-# The issue's bound for one η = 0 step against diffusers' Euler step (float32): our levels are float64,
+# The bound for one η = 0 step against diffusers' Euler step (float32): our levels are float64,
 # diffusers' float32, so dt differs by float32 rounding of σ (~6e-8 of σ) times |u|/|x|.
 EULER_STEP_RTOL = 1e-6
 

@@ -1,5 +1,5 @@
-"""The variance-exploding view of DDIM (REFERENCE.md §1): on the path a = 1, b = σ with k-diffusion's
-σ = √((1 − ᾱ)/ᾱ) and x_VE = x/√ᾱ, DDIM with η is k-diffusion's ancestral step:
+"""The variance-exploding view of DDIM (docs/concepts.md, k-diffusion's view): on the path a = 1, b = σ with
+k-diffusion's σ = √((1 − ᾱ)/ᾱ) and x_VE = x/√ᾱ, DDIM with η is k-diffusion's ancestral step:
 
     σ_up = min(σ_to, η·√(σ_to²·(σ_from² − σ_to²)/σ_from²)),  σ_down = √(σ_to² − σ_up²),
     x_to = x + (σ_down − σ_from)·ε̂ + σ_up·z.

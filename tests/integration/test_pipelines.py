@@ -118,8 +118,9 @@ def test_parity_check_detects_a_one_timestep_shift(tiny_sd):
 
 
 def test_zero_snr_eta_one_pipeline_is_finite(tiny_sd, observe):
-    # diffusers #5969: with zero terminal SNR, η = 1 makes diffusers' float32 1 − ᾱ_prev − σ² a rounding
-    # error at the first step, NaN on CPUs where it rounds below 0. ddim_sched has no such cancellation
+    # docs/migration.md (diffusers defects): with zero terminal SNR, η = 1 makes diffusers' float32
+    # 1 − ᾱ_prev − σ² a rounding error at the first step, NaN on CPUs where it rounds below 0. ddim_sched has
+    # no such cancellation
     # (its first step equals the float64 closed form: tests/parity/test_ddim.py). Diffusers' result is recorded.
     pipe = stable_diffusion_pipeline(tiny_sd.unet, tiny_sd.vae, diffusers.DDIMScheduler(**SD))
     ours, reference = run_both(
@@ -170,7 +171,7 @@ def test_signature_inspection_that_pipelines_do(tiny_sd, observe):
     # accepts_timesteps, from inspect.signature(scheduler.set_timesteps)
     timesteps, steps = retrieve_timesteps(pipe.scheduler, timesteps=[901, 501, 101, 1])
     assert timesteps.tolist() == [901, 501, 101, 1] and steps == 4
-    # diffusers' own DDIMScheduler has no `timesteps` parameter (docs/migration.md (diffusers defects), PR #7817)
+    # diffusers' own DDIMScheduler has no `timesteps` parameter (docs/migration.md, diffusers defects)
     try:
         retrieve_timesteps(diffusers.DDIMScheduler(**SD), timesteps=[901, 501, 101, 1])
         observe("diffusers' DDIMScheduler accepted custom timesteps")
@@ -311,17 +312,6 @@ def test_per_sample_timesteps_batched_equal_separate_requests(tiny_sd, parity, c
         parity(
             f"examples/sd_loop.py staggered {case}, request {i} (arrives at tick {request.arrival})", batched[i], alone
         )
-
-
-def test_diffusers_step_with_per_sample_timesteps_is_observed(tiny_sd, observe):
-    # docs/migration.md (diffusers defects), issue #1784: why generate_staggered needs ddim_sched.
-    try:
-        sd_loop.generate_staggered(
-            tiny_sd.unet, tiny_sd.vae, diffusers.DDIMScheduler(**SD), requests(tiny_sd), num_inference_steps=4
-        )
-        observe("diffusers' DDIMScheduler stepped per-sample timesteps")
-    except RuntimeError as err:
-        observe(f"diffusers' DDIMScheduler with per-sample timesteps: {err}")
 
 
 def test_sd_loop_script_runs(capsys):

@@ -1,4 +1,4 @@
-"""Differential tests: ddim_sched.DDIMScheduler against diffusers.DDIMScheduler 0.42.1 (issue 2).
+"""Differential tests: ddim_sched.DDIMScheduler against diffusers.DDIMScheduler 0.42.1.
 
 Every hypothesis-generated case is run three ways:
 
@@ -232,7 +232,7 @@ def test_step_matches_diffusers(case, data):
     ours = DDIMScheduler(**config)
     if config["rescale_betas_zero_snr"] and config["prediction_type"] == "epsilon" and T - 1 in timesteps:
         # Deliberate: x0 = (x − √(1−ᾱ)ε)/√ᾱ is undefined at ᾱ_T = 0, so set_timesteps refuses; diffusers
-        # silently returns inf/nan there (issue #3851).
+        # silently returns inf/nan there (docs/migration.md, diffusers defects).
         with pytest.raises(ValueError, match="v_prediction"):
             ours.set_timesteps(S)
         return
@@ -575,8 +575,8 @@ def test_correct_where_diffusers_float32_tables_lose_digits(observe):
 
 def test_exact_at_the_first_zero_snr_ddpm_step(observe):
     """Zero terminal SNR, trailing, η = 1 (DDPM): at ᾱ_t = 0, σ² = 1 − ᾱ_prev exactly, and diffusers takes
-    √(1 − ᾱ_prev − σ²) of a float32 rounding error, which on some CPUs is negative and gives NaN (#5969,
-    #5103). ddim_sched's direction coefficient has no such cancellation: its step equals the float64
+    √(1 − ᾱ_prev − σ²) of a float32 rounding error, which on some CPUs is negative and gives NaN (docs/migration.md,
+    diffusers defects). ddim_sched's direction coefficient has no such cancellation: its step equals the float64
     closed form. What diffusers returned here is recorded, not asserted."""
     config = dict(
         beta_schedule="scaled_linear",

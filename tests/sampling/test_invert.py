@@ -37,7 +37,7 @@ def test_classic_inversion_error_falls_like_one_over_S():
     # First order in the step size: S · error is roughly constant (measured 2.6 to 2.7).
     scaled = [S * e for S, e in zip(steps, errors, strict=True)]
     assert max(scaled) / min(scaled) < 1.3, scaled
-    # The issue author measured about 5% at S = 100 on N(0, 0.25·I); the order of magnitude must agree.
+    # A few percent at S = 100 on N(0, 0.25·I) (docs/beyond.md's table: 1.8e-2 for its config): the order of magnitude.
     assert 0.01 < errors[-1] < 0.1, errors
 
 
@@ -64,7 +64,7 @@ def test_classic_inversion_error_falls_like_one_over_S():
     ids=["leading", "trailing", "linspace-stride", "linspace-schedule", "sd", "v", "sample", "v-zero-snr"],
 )
 def test_fixed_point_inversion_is_exact(config):
-    # Issue 4: with k = 10 the round trip at S = 50 is exact to 1e-6 relative in float64 (measured ~4e-12).
+    # With k = 10 the round trip at S = 50 is exact to 1e-6 relative in float64 (docs/beyond.md).
     assert round_trip_error(50, 10, **config) < 1e-6
 
 

@@ -25,7 +25,7 @@ from .recipes.guidance import rescale_noise_cfg
 from .recipes.interpolation import slerp
 from .sampling.img2img import img2img_timesteps
 from .sampling.loops import invert, sample
-from .tables import betas, flow_sigmas, spacing
+from .tables import ays, betas, flow_sigmas, spacing
 
 # The module names of release 0.1, kept so that ``ddim_sched.schedules.linear`` and the like still work.
 kernel, schedules, flow_schedule = functional, betas, flow_plan
@@ -48,6 +48,7 @@ __all__ = [
     "DDIMSchedulerOutput",
     "FlowMatchDDIMConfig",
     "FlowMatchDDIMScheduler",
+    "ays",
     "flow_schedule",
     "flow_update",
     "flow_sigmas",

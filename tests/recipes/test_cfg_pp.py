@@ -113,6 +113,21 @@ def test_clipping_clips_the_guided_x0_and_keeps_the_unconditional_direction():
     assert rel_l2(ours, reference(scheduler, m_u, m_c, [t] * 3, x, 0.8, clip=1.0)) <= EXACT_RTOL[torch.float64]
 
 
+@pytest.mark.parametrize("prediction_type", PREDICTION_TYPES)
+def test_thresholding_keeps_the_thresholded_x0_and_the_unconditional_direction(prediction_type):
+    scheduler = scheduler_for(prediction_type, thresholding=True, sample_max_value=1.5)
+    m_u, m_c, x, _ = tensors(dtype=torch.float64)
+    t = int(scheduler.timesteps[2])
+    prev = scheduler.previous_timestep(t)
+    a_t, a_s = float(scheduler.alpha_bar[t]), float(scheduler.alpha_bar[prev])
+    out = cfg_pp_step(scheduler, m_u, m_c, t, x, 0.7)
+    x0 = out.pred_original_sample  # the scheduler's thresholded x̂0 of m_λ
+    assert torch.equal(x0, scheduler.step(torch.add(m_u, m_c - m_u, alpha=0.7), t, x).pred_original_sample)
+    _, eps_u = x0_eps(prediction_type, m_u, x, a_t)
+    expected = math.sqrt(a_s) * x0 + math.sqrt(1 - a_s) * eps_u
+    assert rel_l2(out.prev_sample, expected) <= EXACT_RTOL[torch.float64]
+
+
 def test_parallel_scheduler_and_a_pipeline_loop_variable():
     scheduler = DDIMParallelScheduler(clip_sample=False)
     scheduler.set_timesteps(10)

@@ -16,7 +16,9 @@ Two families beyond diffusers' ``leading``, ``trailing`` and ``linspace`` and th
   ``sgm_uniform`` and ``beta_timesteps``.
 
 Where several levels land on one timestep (large S: the low-noise end is dense in σ), they are moved to
-the nearest free timesteps, so every spacing gives S distinct timesteps. None of these steps by diffusers'
+the nearest free timesteps, so every spacing gives S distinct timesteps. The noise-level spacings skip
+timesteps with ᾱ = 0 (σ = ∞) unless S exceeds the others (zero terminal SNR with S near T): then they
+visit every timestep with ᾱ > 0 and the lowest ones with ᾱ = 0. None of these steps by diffusers'
 stride t − T // S: a step lands on the next visited timestep (:data:`STRIDED_SPACINGS`).
 """
 

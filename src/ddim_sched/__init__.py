@@ -8,7 +8,7 @@
 [801, 601, 401, 201, 1]
 """
 
-from . import testing, toy
+from . import testing, toy, training
 from .compat.config_io import ConfigFileNotFoundError
 from .compat.output import DDIMSchedulerOutput
 from .compat.scheduler_mixin import SchedulerMixin as SchedulerMixin  # diffusers' pipeline loader looks for it here
@@ -21,11 +21,15 @@ from .flow import plan as flow_plan
 from .flow import update as flow_update
 from .flow.config import FlowMatchDDIMConfig
 from .flow.scheduler import FlowMatchDDIMScheduler
+from .recipes.cfg_pp import cfg_pp_step
+from .recipes.exposure_bias import epsilon_scaling, epsilon_scaling_hook
 from .recipes.guidance import rescale_noise_cfg
+from .recipes.guidance_interval import GuidanceInterval
 from .recipes.interpolation import slerp
+from .recipes.levels import levels_at, sigma_at
 from .sampling.img2img import img2img_timesteps
 from .sampling.loops import invert, sample
-from .tables import betas, flow_sigmas, spacing
+from .tables import ays, betas, flow_sigmas, spacing
 
 # The module names of release 0.1, kept so that ``ddim_sched.schedules.linear`` and the like still work.
 kernel, schedules, flow_schedule = functional, betas, flow_plan
@@ -48,18 +52,26 @@ __all__ = [
     "DDIMSchedulerOutput",
     "FlowMatchDDIMConfig",
     "FlowMatchDDIMScheduler",
+    "GuidanceInterval",
+    "ays",
+    "cfg_pp_step",
+    "epsilon_scaling",
+    "epsilon_scaling_hook",
     "flow_schedule",
     "flow_update",
     "flow_sigmas",
     "img2img_timesteps",
     "invert",
     "kernel",
+    "levels_at",
     "rescale_noise_cfg",
     "sample",
+    "sigma_at",
     "schedules",
     "slerp",
     "spacing",
     "testing",
     "toy",
+    "training",
     "update",
 ]

@@ -137,9 +137,13 @@ def test_karras_skips_zero_terminal_snr():
 def test_karras_errors():
     with pytest.raises(ValueError, match="alpha_bar"):
         spacing.karras(1000, 10)
+
+
+def test_karras_beyond_the_finite_levels_visits_every_one_and_the_lowest_zero_snr_timesteps():
+    # S = 3 > the 2 timesteps with ᾱ > 0: both, and the lowest with ᾱ = 0 above them (not the top one).
     alpha_bar = torch.tensor([0.9, 0.5, 0.0, 0.0], dtype=torch.float64)
-    with pytest.raises(ValueError, match="num_inference_steps=3"):
-        spacing.karras(4, 3, alpha_bar=alpha_bar)
+    assert spacing.karras(4, 3, alpha_bar=alpha_bar).tolist() == [2, 1, 0]
+    assert spacing.karras(4, 2, alpha_bar=alpha_bar).tolist() == [1, 0]
 
 
 # ------------------------------------------------------------------ registry and helpers

@@ -23,8 +23,11 @@ from .flow.config import FlowMatchDDIMConfig
 from .flow.scheduler import FlowMatchDDIMScheduler
 from .recipes.guidance import rescale_noise_cfg
 from .recipes.interpolation import slerp
+from .sampling.bdia import BDIALatents, bdia_invert, bdia_sample
+from .sampling.edict import EDICTLatents, edict_invert, edict_sample
 from .sampling.img2img import img2img_timesteps
-from .sampling.loops import invert, sample
+from .sampling.loops import InversionReport, invert, sample
+from .sampling.noise_maps import NoiseMaps, edit_friendly_noise, noise_space_trajectory, replay_noise_maps
 from .tables import betas, flow_sigmas, spacing
 
 # The module names of release 0.1, kept so that ``ddim_sched.schedules.linear`` and the like still work.
@@ -39,6 +42,7 @@ del _cls
 __version__ = "0.1.0"
 
 __all__ = [
+    "BDIALatents",
     "ConfigFileNotFoundError",
     "DDIMConfig",
     "DDIMInverseScheduler",
@@ -46,14 +50,24 @@ __all__ = [
     "DDIMParallelSchedulerOutput",
     "DDIMScheduler",
     "DDIMSchedulerOutput",
+    "EDICTLatents",
     "FlowMatchDDIMConfig",
     "FlowMatchDDIMScheduler",
+    "InversionReport",
+    "NoiseMaps",
     "flow_schedule",
+    "bdia_invert",
+    "bdia_sample",
+    "edict_invert",
+    "edict_sample",
+    "edit_friendly_noise",
     "flow_update",
     "flow_sigmas",
     "img2img_timesteps",
     "invert",
     "kernel",
+    "noise_space_trajectory",
+    "replay_noise_maps",
     "rescale_noise_cfg",
     "sample",
     "schedules",

@@ -244,8 +244,8 @@ def invert(
             k >= 1 adds up to k fixed-point iterations per step, each evaluating ``model_fn`` at the new
             point, so that the forward step from the new point lands back on the current one; every
             iterate's residual is measured (at most k + 2 model calls per step) and each sample keeps its
-            best iterate, so k >= 1 never ends a step
-            further from a solution than k = 0, even where the iteration diverges.
+            best iterate, so k >= 1 never ends a step further from a solution than k = 0, even where the
+            iteration diverges.
         tol: Stop iterating a sample once its relative residual ‖F(x) − x_next‖/‖x_next‖ is at most
             ``tol`` (checked at each iterate; then one more model call per step measures the returned
             point). A step that ends above ``tol`` is logged as a warning on the ``ddim_sched`` logger.

@@ -242,3 +242,16 @@ def test_edict_bad_arguments(config, kwargs, error, match):
     scheduler.set_timesteps(3)
     with pytest.raises(error, match=match):
         edict_invert(lambda x, t: x, data(1), scheduler, **kwargs)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["f16", "bf16"])
+def test_half_precision_bdia_round_trip(dtype):
+    # The steps run in float32 and round to the latents' dtype once per step.
+    scheduler, exact = scheduler_and_model("ddim", "leading", 10)
+
+    def model_fn(x, t):
+        return exact(x.double(), t).to(x.dtype)
+
+    x0 = data(4).to(dtype)
+    out = bdia_sample(model_fn, bdia_invert(model_fn, x0, scheduler), scheduler)
+    assert out.dtype == dtype and rel_l2(out, x0) < EXACT_RTOL[dtype]

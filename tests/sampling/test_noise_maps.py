@@ -228,3 +228,18 @@ def test_replay_bad_arguments():
     assert isinstance(maps, NoiseMaps)
     with pytest.raises(ValueError, match="set_timesteps"):
         noise_space_trajectory(torch.zeros(1, 2), DDIMScheduler())
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["f16", "bf16"])
+def test_half_precision_replay(dtype):
+    scheduler, exact = scheduler_and_model("ddim", "leading-stride", 10)
+
+    def model_fn(x, t):
+        return exact(x.double(), t).to(x.dtype)
+
+    x0 = data(4).to(dtype)
+    trajectory = noise_space_trajectory(x0, scheduler, generator=torch.Generator().manual_seed(0))
+    maps = edit_friendly_noise(trajectory, scheduler, model_fn=model_fn)
+    assert all(z.dtype == dtype for z in maps.noises)
+    out = replay_noise_maps(model_fn, maps, scheduler)
+    assert out.dtype == dtype and rel_l2(out, x0) < EXACT_RTOL[dtype]

@@ -2,7 +2,7 @@ r"""EDICT (Wallace, Gokul & Naik, "EDICT: Exact Diffusion Inversion via Coupled 
 two coupled sequences x and y, each stepped with the model output read at the other, then mixed with
 weight p: an affine coupling layer, exactly invertible, at two model calls per step.
 
-The paper's denoising step at timestep t (its eq. 14), with a_t·x + b_t·ε the DDIM update of x with the
+The paper's denoising step at timestep t, with a_t·x + b_t·ε the DDIM update of x with the
 noise ε (for ε-prediction on the VP path a_t = √(ᾱ_prev/ᾱ_t), b_t = √(1−ᾱ_prev) − √(ᾱ_prev(1−ᾱ_t)/ᾱ_t)):
 
     x_inter = a_t·x_t + b_t·ε(y_t, t)
@@ -10,7 +10,7 @@ noise ε (for ε-prediction on the VP path a_t = √(ᾱ_prev/ᾱ_t), b_t = √(
     x_{t−1} = p·x_inter + (1 − p)·y_inter
     y_{t−1} = p·y_inter + (1 − p)·x_{t−1}
 
-and its inversion (eq. 15), each line undoing one of the above in reverse order:
+and its inversion, each line undoing one of the above in reverse order:
 
     y_inter = (y_{t−1} − (1 − p)·x_{t−1}) / p
     x_inter = (x_{t−1} − (1 − p)·y_inter) / p
@@ -25,8 +25,9 @@ in x, so ``clip_sample`` and ``thresholding`` are refused.
 
 ``leapfrog`` (the default of the authors' code and of diffusers' community pipeline) swaps which sequence
 is stepped first on every other step; inversion mirrors the order of the sampling step it undoes.
-p = 0.93 is the paper's choice (0.9–0.97 work at 50 steps); lower p mixes more and drifts less when
-sampling, but inversion divides by p twice per step.
+p = 0.93 is the paper's choice. Inversion divides by p twice per step, and the two sequences must stay
+close: the authors ran EDICT in float64; in half precision the round trip is lost (measured on the tests'
+exact mixture model at S = 10: relative error 0.35 in float16, against 5·10⁻⁴ for BDIA).
 """
 
 from __future__ import annotations
@@ -111,7 +112,7 @@ def edict_sample(
     leapfrog: bool = True,
     callback: StepCallback | None = None,
 ) -> torch.Tensor:
-    """Decode with EDICT (module docstring, the paper's eq. 14): two model calls per step.
+    """Decode with EDICT (module docstring: the paper's coupled denoising step): two model calls per step.
 
     Args:
         model_fn: ``model_fn(x, t)`` → the model output for the scheduler's prediction type (the velocity on
@@ -170,7 +171,7 @@ def edict_invert(
     leapfrog: bool = True,
     callback: StepCallback | None = None,
 ) -> EDICTLatents:
-    """Encode x0 with EDICT's inversion (the paper's eq. 15), two model calls per step: :func:`edict_sample`
+    """Encode x0 with EDICT's inversion (module docstring), two model calls per step: :func:`edict_sample`
     with the same ``mixing`` and ``leapfrog`` decodes the returned pair back to x0 to float rounding.
 
     Both sequences start at x0; each step undoes the mixing, then the two coupled steps in reverse order,

@@ -27,8 +27,11 @@ from .recipes.guidance import rescale_noise_cfg
 from .recipes.guidance_interval import GuidanceInterval
 from .recipes.interpolation import slerp
 from .recipes.levels import levels_at, sigma_at
+from .sampling.bdia import BDIALatents, bdia_invert, bdia_sample
+from .sampling.edict import EDICTLatents, edict_invert, edict_sample
 from .sampling.img2img import img2img_timesteps
-from .sampling.loops import invert, sample
+from .sampling.loops import InversionReport, invert, sample
+from .sampling.noise_maps import NoiseMaps, edit_friendly_noise, noise_space_trajectory, replay_noise_maps
 from .tables import ays, betas, flow_sigmas, spacing
 
 # The module names of release 0.1, kept so that ``ddim_sched.schedules.linear`` and the like still work.
@@ -43,6 +46,7 @@ del _cls
 __version__ = "0.1.0"
 
 __all__ = [
+    "BDIALatents",
     "ConfigFileNotFoundError",
     "DDIMConfig",
     "DDIMInverseScheduler",
@@ -50,24 +54,34 @@ __all__ = [
     "DDIMParallelSchedulerOutput",
     "DDIMScheduler",
     "DDIMSchedulerOutput",
+    "EDICTLatents",
     "FlowMatchDDIMConfig",
     "FlowMatchDDIMScheduler",
     "GuidanceInterval",
+    "InversionReport",
+    "NoiseMaps",
     "ays",
+    "bdia_invert",
+    "bdia_sample",
     "cfg_pp_step",
+    "edict_invert",
+    "edict_sample",
+    "edit_friendly_noise",
     "epsilon_scaling",
     "epsilon_scaling_hook",
     "flow_schedule",
-    "flow_update",
     "flow_sigmas",
+    "flow_update",
     "img2img_timesteps",
     "invert",
     "kernel",
     "levels_at",
+    "noise_space_trajectory",
+    "replay_noise_maps",
     "rescale_noise_cfg",
     "sample",
-    "sigma_at",
     "schedules",
+    "sigma_at",
     "slerp",
     "spacing",
     "testing",

@@ -1,5 +1,6 @@
-"""The two DDIM loops over a DDIMScheduler's own schedule: ``sample`` (decode x_T → x0) and ``invert``
-(encode x0 → x_T, optionally exact).
+"""The two DDIM loops over a scheduler's own schedule: ``sample`` (decode x_T → x0) and ``invert``
+(encode x0 → x_T, optionally exact), for :class:`~ddim_sched.DDIMScheduler` and
+:class:`~ddim_sched.FlowMatchDDIMScheduler` alike.
 
 ``sample`` is the loop every pipeline writes: x ← step(model_fn(x, t), t, x) for t in the schedule.
 
@@ -20,13 +21,15 @@ Each further application is one fixed-point iteration; at the fixed point the fo
 exactly on x_{i+1}, so decoding reproduces x0 up to the iteration's convergence. G_i is written
 with the scheduler's own ``step``, so every prediction type, spacing and successor rule is
 inverted exactly as it is sampled.
+
+On the flow path x_σ = (1 − σ)·x0 + σ·ε the η = 0 step is Euler's, F_i(x) = x + (σ_s − σ_t)·u(x), with
+slope 1 at fixed velocity u, so G_i(x) = x_{i+1} − (σ_s − σ_t)·u(x): classic inversion is Euler's
+method run backwards, u read at the known, less noisy point, and the fixed-point iteration is the same.
 """
 
 from __future__ import annotations
 
-import copy
 import logging
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal, overload
@@ -34,48 +37,58 @@ from typing import Literal, overload
 import torch
 
 from ..common.validation import check_int, check_real
-from ..ddim.inverse import DDIMInverseScheduler
-from ..ddim.scheduler import DDIMScheduler
+from ..core.noise import Generator
+from .stepping import (
+    ModelFn,
+    Scheduler,
+    StepCallback,
+    check_callback,
+    check_latent,
+    check_model_fn,
+    check_scheduler,
+    check_scheduler_type,
+    inverse_slope,
+    relative_residual,
+    step,
+    stepper,
+)
 
 logger = logging.getLogger("ddim_sched")
 
-ModelFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-StepCallback = Callable[[int, torch.Tensor, torch.Tensor], None]
+__all__ = ["InversionReport", "ModelFn", "StepCallback", "invert", "sample"]
 
 
-def _check_loop_arguments(model_fn: object, x: object, name: str, scheduler: object, callback: object) -> None:
+def _check_loop_arguments(
+    model_fn: object, x: object, name: str, scheduler: object, callback: object, *, deterministic: bool = False
+) -> None:
     """The checks ``sample`` and ``invert`` share: callables, a sampling scheduler with a schedule, a batch tensor."""
-    if not callable(model_fn):
-        raise TypeError(f"model_fn must be callable; got {model_fn!r}")
-    if not isinstance(scheduler, DDIMScheduler) or isinstance(scheduler, DDIMInverseScheduler):
-        raise TypeError(f"scheduler must be a ddim_sched.DDIMScheduler; got {type(scheduler).__name__}")
-    if not isinstance(x, torch.Tensor) or not x.is_floating_point():
-        raise TypeError(f"{name} must be a floating-point torch.Tensor; got {getattr(x, 'dtype', type(x).__name__)}")
-    if x.dim() == 0:
-        raise ValueError(f"{name} must have a batch dimension; got a 0-d tensor")
-    if callback is not None and not callable(callback):
-        raise TypeError(f"callback must be callable or None; got {callback!r}")
-    if scheduler.num_inference_steps is None:
-        raise ValueError("scheduler.num_inference_steps is None: call scheduler.set_timesteps(...) first")
+    check_model_fn(model_fn)
+    check_scheduler_type(scheduler)
+    check_latent(name, x)
+    check_callback(callback)
+    check_scheduler(scheduler, deterministic=deterministic)
 
 
 def sample(
     model_fn: ModelFn,
     x_T: torch.Tensor,
-    scheduler: DDIMScheduler,
+    scheduler: Scheduler,
     *,
-    eta: float | torch.Tensor = 0.0,
-    generator: torch.Generator | list[torch.Generator] | None = None,
+    eta: float | torch.Tensor | None = None,
+    generator: Generator = None,
     callback: StepCallback | None = None,
 ) -> torch.Tensor:
     """Decode ``x_T`` with the scheduler's own loop: x ← step(model_fn(x, t), t, x, eta) for each visited t.
 
     Args:
-        model_fn: ``model_fn(x, t)`` → the model output for the scheduler's ``prediction_type``, of x's
-            shape; called with x [B, ...] and t a 0-d int64 tensor (an element of ``scheduler.timesteps``).
+        model_fn: ``model_fn(x, t)`` → the model output for the scheduler's prediction type (ε, x0 or v for
+            a DDIMScheduler; the velocity for a FlowMatchDDIMScheduler), of x's shape; called with x [B, ...]
+            and t an element of ``scheduler.timesteps`` (a 0-d int64 tensor, or float32 on the flow path).
         x_T: The starting noise at ``scheduler.timesteps[0]``, a floating tensor [B, ...].
-        scheduler: A :class:`DDIMScheduler` on which ``set_timesteps`` was called.
-        eta: η for every step (a float, or a [B] tensor: one per sample).
+        scheduler: A :class:`~ddim_sched.DDIMScheduler` or :class:`~ddim_sched.FlowMatchDDIMScheduler` on
+            which ``set_timesteps`` was called.
+        eta: η for every step (a float, or a [B] tensor: one per sample); None: the scheduler's default
+            (0 for DDIMScheduler, ``config.eta`` for the flow scheduler).
         generator: A torch.Generator or a list of one per sample, for the η > 0 noise.
         callback: Optional ``callback(i, t, x)`` after step i, with x the new sample.
 
@@ -83,35 +96,16 @@ def sample(
         x0, of x_T's shape, dtype and device.
 
     Raises:
-        TypeError: model_fn or callback not callable; scheduler not a DDIMScheduler; x_T not a floating tensor.
+        TypeError: model_fn or callback not callable; scheduler not one of the two; x_T not a floating tensor.
         ValueError: set_timesteps was not called; x_T has no batch dimension; and what ``step`` raises.
     """
     _check_loop_arguments(model_fn, x_T, "x_T", scheduler, callback)
     x = x_T
     for i, t in enumerate(scheduler.timesteps):
-        x = scheduler.step(model_fn(x, t), t, x, eta=eta, generator=generator).prev_sample
+        x = step(scheduler, model_fn(x, t), t, x, eta, generator=generator)
         if callback is not None:
             callback(i, t, x)
     return x
-
-
-def _inverse_slopes(scheduler: DDIMScheduler) -> list[float]:
-    """1 / a_i for each visited timestep t_i, where a_i is the slope of the forward step at fixed ε̂.
-
-    a_i = a_s/a_t (√(ᾱ_prev/ᾱ_t)): x_prev = a_s·(x_t − b_t·ε̂)/a_t + b_s·ε̂. Where a_t = 0 (zero terminal
-    SNR) ε̂ is x_t itself, so the slope at fixed model output (``prev_x``) is used.
-    """
-    inverse_slopes = []
-    for t in scheduler.timesteps.tolist():
-        row = scheduler.coefficients(int(t), 0.0)
-        slope = float(row.a_s) / float(row.a_t) if row.a_t > 0 else float(row.prev_x)
-        if not (math.isfinite(slope) and slope > 0):
-            raise ValueError(
-                f"the DDIM step from timestep {t} (alpha_bar = 0) does not depend on its input for "
-                f"prediction_type={scheduler.ddim_config.prediction_type!r}, so it cannot be inverted"
-            )
-        inverse_slopes.append(1.0 / slope)
-    return inverse_slopes
 
 
 @dataclass(frozen=True)
@@ -119,7 +113,8 @@ class InversionReport:
     """How well each inverse step solved ``step(model_fn(x, t), t, x).prev_sample == x_next`` for x.
 
     Attributes:
-        timesteps: The timestep of each inverse step, in the order taken (from the clean end up).
+        timesteps: The timestep of each inverse step, in the order taken (from the clean end up): ints for a
+            DDIMScheduler, floats for a FlowMatchDDIMScheduler.
         residuals: Per step, the largest relative residual ‖F(x) − x_next‖/‖x_next‖ over the batch at the
             point returned (F the forward step); for k = 0 at the classic inversion's point.
         median_residuals: Per step, the median of the same over the batch.
@@ -130,7 +125,7 @@ class InversionReport:
         tol: The tolerance asked for, or None.
     """
 
-    timesteps: list[int]
+    timesteps: list[float]
     residuals: list[float]
     median_residuals: list[float]
     iterations: list[int]
@@ -141,12 +136,6 @@ class InversionReport:
     def converged(self) -> bool:
         """Whether every step met ``tol`` (False without a tolerance)."""
         return self.tol is not None and all(r <= self.tol for r in self.residuals)
-
-
-def _relative_residual(landed: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """‖landed − target‖ / ‖target‖ per sample, float64 [B]."""
-    difference = (landed - target).flatten(1).double().norm(dim=1)
-    return difference / target.flatten(1).double().norm(dim=1).clamp(min=torch.finfo(torch.float64).tiny)
 
 
 def _invert_step(
@@ -168,17 +157,17 @@ def _invert_step(
         return flags.reshape((-1,) + (1,) * (x_next.dim() - 1))
 
     landed = forward(x_next)
-    residual = _relative_residual(landed, x_next)
+    residual = relative_residual(landed, x_next)
     if tol is not None and not bool((residual > tol).any()):
         return x_next, residual, 0, False  # the step is (numerically) the identity here
     x = x_next + (x_next - landed) * inverse_slope  # x_1
     if k == 0:
-        return x, _relative_residual(forward(x), x_next) if report or tol is not None else None, 0, False
+        return x, relative_residual(forward(x), x_next) if report or tol is not None else None, 0, False
     best_x, best, first = x, residual, residual
     iterations = 0
     for iteration in range(1, k + 2):
         landed = forward(x)
-        residual = _relative_residual(landed, x_next)
+        residual = relative_residual(landed, x_next)
         if iteration == 1:
             best_x, best, first = x, residual, residual
         else:
@@ -198,7 +187,7 @@ def _invert_step(
 def invert(
     model_fn: ModelFn,
     x0: torch.Tensor,
-    scheduler: DDIMScheduler,
+    scheduler: Scheduler,
     *,
     fixed_point_iterations: int = ...,
     tol: float | None = ...,
@@ -211,7 +200,7 @@ def invert(
 def invert(
     model_fn: ModelFn,
     x0: torch.Tensor,
-    scheduler: DDIMScheduler,
+    scheduler: Scheduler,
     *,
     fixed_point_iterations: int = ...,
     tol: float | None = ...,
@@ -223,14 +212,15 @@ def invert(
 def invert(
     model_fn: ModelFn,
     x0: torch.Tensor,
-    scheduler: DDIMScheduler,
+    scheduler: Scheduler,
     *,
     fixed_point_iterations: int = 0,
     tol: float | None = None,
     callback: StepCallback | None = None,
     return_report: bool = False,
 ) -> torch.Tensor | tuple[torch.Tensor, InversionReport]:
-    """Encode ``x0`` into the latent at ``scheduler.timesteps[0]`` that the scheduler's η = 0 loop decodes back to x0.
+    """Encode ``x0`` into the latent at ``scheduler.timesteps[0]`` that the scheduler's η = 0 loop decodes back to x0,
+    for a DDIMScheduler (DDIM inversion) or a FlowMatchDDIMScheduler (Euler inversion on the flow path).
 
     Decoding is the scheduler's own loop, unchanged::
 
@@ -243,22 +233,25 @@ def invert(
     ``step(model_fn(x_i, t_i), t_i, x_i).prev_sample == x_{i+1}`` for x_i (see the module docstring).
 
     Args:
-        model_fn: ``model_fn(x, t)`` → the model output for the scheduler's ``prediction_type``, of x's
-            shape; called with x [B, ...] and t a 0-d int64 tensor (an element of ``scheduler.timesteps``).
+        model_fn: ``model_fn(x, t)`` → the model output for the scheduler's prediction type (the velocity
+            on the flow path), of x's shape; called with x [B, ...] and t an element of
+            ``scheduler.timesteps`` (a 0-d int64 tensor, or float32 on the flow path).
         x0: The clean sample, a floating tensor [B, ...]. The work runs in its dtype. Differentiable.
-        scheduler: A :class:`DDIMScheduler` on which ``set_timesteps`` was called. It is not modified
-            (its step-progress counters included).
-        fixed_point_iterations: k >= 0. k = 0 is classic DDIM inversion (one model call per step,
-            evaluated at the known, less noisy point). k >= 1 adds up to k fixed-point iterations per
-            step, each evaluating ``model_fn`` at the new point, so that the forward step from the new
-            point lands back on the current one; every iterate's residual is measured (at most k + 2
-            model calls per step) and each sample keeps its best iterate, so k >= 1 never ends a step
-            further from a solution than k = 0, even where the iteration diverges.
+        scheduler: A :class:`~ddim_sched.DDIMScheduler` or :class:`~ddim_sched.FlowMatchDDIMScheduler` on
+            which ``set_timesteps`` was called. It is not modified (its step-progress counters included).
+        fixed_point_iterations: k >= 0. k = 0 is classic inversion (one model call per step, evaluated
+            at the known, less noisy point: ε̂ held fixed on the VP path, the velocity on the flow path).
+            k >= 1 adds up to k fixed-point iterations per step, each evaluating ``model_fn`` at the new
+            point, so that the forward step from the new point lands back on the current one; every
+            iterate's residual is measured (at most k + 2 model calls per step) and each sample keeps its
+            best iterate, so k >= 1 never ends a step further from a solution than k = 0, even where the
+            iteration diverges.
         tol: Stop iterating a sample once its relative residual ‖F(x) − x_next‖/‖x_next‖ is at most
             ``tol`` (checked at each iterate; then one more model call per step measures the returned
             point). A step that ends above ``tol`` is logged as a warning on the ``ddim_sched`` logger.
         callback: Optional ``callback(i, t, x)`` after each inverse step i = 0..S−1, where x is the new
-            latent at timestep t (a 0-d int64 tensor); the last call has t = ``scheduler.timesteps[0]``.
+            latent at timestep t (an element of ``scheduler.timesteps``); the last call has
+            t = ``scheduler.timesteps[0]``.
         return_report: Also return an :class:`InversionReport` (for k = 0 the residuals cost one more
             model call per step; for k >= 1 they are measured anyway).
 
@@ -266,11 +259,12 @@ def invert(
         The latent at ``scheduler.timesteps[0]`` (x0's shape, dtype and device), or ``(latent, report)``.
 
     Raises:
-        TypeError: model_fn or callback not callable; scheduler not a DDIMScheduler; x0 not a floating
+        TypeError: model_fn or callback not callable; scheduler not one of the two; x0 not a floating
             tensor; fixed_point_iterations not an int; tol not a real number.
         ValueError: set_timesteps was not called; x0 has no batch dimension; fixed_point_iterations < 0;
             tol < 0; a step that forgets its input and so cannot be inverted (from ᾱ_t = 0 to ᾱ_prev = 1
-            with ``prediction_type="sample"``, where x_prev = x̂0 = the model output whatever x_t is).
+            with ``prediction_type="sample"``, where x_prev = x̂0 = the model output whatever x_t is); a
+            flow scheduler configured with ``stochastic_sampling=True`` (it has no η = 0 step).
 
     Notes:
         With ``clip_sample`` or ``thresholding`` on, the forward step is exactly invertible only where
@@ -278,36 +272,39 @@ def invert(
         iteration diverges for some samples (a model whose ε̂ changes faster than the step contracts),
         those samples keep their best iterate and a warning names the step and the residuals.
     """
-    _check_loop_arguments(model_fn, x0, "x0", scheduler, callback)
+    _check_loop_arguments(model_fn, x0, "x0", scheduler, callback, deterministic=True)
     k = check_int("fixed_point_iterations", fixed_point_iterations, 0)
     if tol is not None:
         tol = check_real("tol", tol, 0.0)
 
-    inverse_slopes = _inverse_slopes(scheduler)
-    # A shallow copy steps with the same tables but leaves the caller's progress counters alone.
-    stepper = copy.copy(scheduler)
     timesteps = scheduler.timesteps
-    steps, residuals, medians, iterations, diverging = [], [], [], [], []
+    inverse_slopes = [inverse_slope(scheduler, t) for t in timesteps]
+    stepping = stepper(scheduler)
+    steps: list[float] = []
+    residuals: list[float] = []
+    medians: list[float] = []
+    iterations: list[int] = []
+    diverging: list[bool] = []
     x_next = x0
     for i in range(len(timesteps) - 1, -1, -1):
         t = timesteps[i]
 
         def forward(x: torch.Tensor, t: torch.Tensor = t) -> torch.Tensor:
-            return stepper.step(model_fn(x, t), t, x, eta=0.0).prev_sample
+            return step(stepping, model_fn(x, t), t, x, 0.0)
 
         x_next, residual, taken, diverged = _invert_step(forward, x_next, inverse_slopes[i], k, tol, return_report)
         if residual is not None:
             worst, median = float(residual.max()), float(residual.median())
             if diverged or (tol is not None and worst > tol):
                 logger.warning(
-                    "invert: at timestep %d the fixed-point iteration %s: relative residual max %.3g, median %.3g%s",
-                    int(t),
+                    "invert: at timestep %s the fixed-point iteration %s: relative residual max %.3g, median %.3g%s",
+                    f"{t.item():g}",
                     "diverged for some samples (each keeps its best iterate)" if diverged else "did not reach tol",
                     worst,
                     median,
                     "" if tol is None else f" (tol {tol:g})",
                 )
-            steps.append(int(t))
+            steps.append(t.item())
             residuals.append(worst)
             medians.append(median)
             iterations.append(taken)

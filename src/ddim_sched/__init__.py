@@ -43,7 +43,7 @@ for _cls in (DDIMScheduler, DDIMInverseScheduler, DDIMParallelScheduler, FlowMat
     _cls.__module__ = __name__
 del _cls
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "BDIALatents",

@@ -1,25 +1,21 @@
-"""The fused engine behind the schedulers' ``step``: x̂0 and x_s from :class:`~ddim_sched.core.update.StepCoefficients`
-in the fewest passes over memory. One entry point, :func:`fused_step` (and :func:`fused_prev_sample` for x_s
-alone, where a caller does not return x̂0); the tests hold it to :func:`ddim_sched.core.update.ddim_update`, the
-step as the paper writes it.
+"""The private fused engine behind :func:`ddim_sched.core.step.apply_step`: x̂0 and x_s from
+:class:`~ddim_sched.core.update.StepCoefficients` in the fewest passes over memory.
 
-It writes into fresh buffers and ``out=`` in place, so it records no gradients: the schedulers call it
-only when autograd is not recording, and :func:`~ddim_sched.core.update.ddim_update` otherwise.
+Entry points: :func:`fused_step` (x_s and x̂0) and :func:`fused_prev_sample` (x_s alone, for callers that do
+not return x̂0). It writes into fresh buffers, or into ``out=`` (which may alias any input), and records no
+gradients: ``apply_step`` calls it only when autograd is not recording. The tests hold it to
+:func:`ddim_sched.core.update.ddim_update`, the step as the paper writes it.
 
-Two ways to apply the weights:
+Contract, by the kind of weights:
 
-* host weights (Python floats; an int timestep): when the sample and model output are float32/float64
-  (half precision is converted once on the CPU) and share one dense memory layout, each output is one
-  fused ``β·a + α·b`` pass over flat views (``torch.addr`` against a one-element vector: the one eager op
-  that scales both operands), then one ``add_`` per further term. Small tensors, where per-op overhead
-  dominates, take a scale and an ``add_`` instead. ``out=`` may alias any input.
-* tensor weights ([B] per sample, or a row for the batch; per-sample timesteps, η tensors, device
-  timesteps): one multiply and one in-place ``addcmul_`` per further term, in the compute dtype, for any
-  layout (strided, expanded, sliced); the last op writes the output dtype directly. Host weights for
-  inputs the first way cannot take become such a row. A schedule's cached device row (:class:`DeviceRow`,
-  what half precision takes on an accelerator) also stacks each tensor's x_s and x̂0 weights: without a
-  bound on x̂0 and without ``out=``, both outputs are the halves of one [2, ...] result of one multiply and
-  one fused multiply-add per further term, half the passes.
+* host weights (Python floats) for float32/float64 inputs of one dtype (half precision on the CPU is
+  converted once to float32): any memory layout; each output a combination of whole tensors.
+* tensor weights (per sample, per element, or a [1] row on the device): any layout (strided, expanded,
+  sliced), broadcast from the sample's leading dimensions, applied in the compute dtype; the last operation
+  writes the output dtype directly. A :class:`DeviceRow` (a schedule's cached [1] row) may give both outputs
+  as the two halves of one [2, ...] allocation.
+
+docs/performance.md says how each path keeps its passes over memory low.
 
 Dtype rule: arithmetic in float64 for float64 samples and in float32 otherwise; outputs in the sample's dtype.
 """
@@ -140,7 +136,7 @@ def _combine_tensor(
         partial.addcmul_(t, c)
     if out_dtype in (None, partial.dtype):
         return partial.addcmul_(t_last, c_last)
-    if partial.shape == t_last.shape:  # the usual case; torch.broadcast_shapes costs ~20 µs of Python
+    if partial.shape == t_last.shape:  # the usual case, without torch.broadcast_shapes (slow Python)
         result = torch.empty_like(partial, dtype=out_dtype)
     else:
         shape = torch.broadcast_shapes(partial.shape, t_last.shape)
@@ -254,7 +250,7 @@ def _paired_step(
 ) -> tuple[torch.Tensor, torch.Tensor] | None:
     """(x_s, x̂0) of an unclipped step whose outputs combine the same tensors (:func:`_pairing`), as the two
     halves of one [2, ...] result: a multiply and a fused multiply-add per further term in the compute dtype,
-    the last one writing the output dtype. x_s is the first half, where the allocation starts. None for
+    the last one writing the output dtype; x_s is the first half. None for
     other terms."""
     plan = _pairing(terms)
     if plan is None:

@@ -21,7 +21,7 @@ import torch
 
 from ._fused import _terms as step_terms
 from ._fused import as_column, device_row, fused_prev_sample, fused_step, takes_host_weights
-from .runtime import compute_dtype
+from .runtime import compute_dtype, is_sharded, laid_out_like
 from .thresholding import NO_CLIP, X0Clip
 from .update import StepCoefficients
 
@@ -58,6 +58,16 @@ def in_compute_dtype(weights: StepCoefficients, sample: torch.Tensor) -> StepCoe
         return StepCoefficients(*(w.to(sample.device, dtype) if isinstance(w, torch.Tensor) else w for w in weights))
     columns = torch.stack(torch.broadcast_tensors(*weights)).to(device=sample.device, dtype=dtype)
     return StepCoefficients(*columns.unbind(0))
+
+
+def _laid_out(
+    weights: StepCoefficients, model_output: torch.Tensor, noise: torch.Tensor | None, sample: torch.Tensor
+) -> tuple[StepCoefficients, torch.Tensor, torch.Tensor | None]:
+    """For a sharded (``DTensor``) sample: tensor weights replicated on its mesh, and a plain model output or
+    noise of the sample's global shape laid out as the sample is (the noise drawn whole, then distributed)."""
+    weights = StepCoefficients(*(laid_out_like(w, sample, True) if isinstance(w, torch.Tensor) else w for w in weights))
+    model_output = laid_out_like(model_output, sample, False)
+    return weights, model_output, None if noise is None else laid_out_like(noise, sample, False)
 
 
 def _recording(
@@ -136,6 +146,8 @@ def apply_step(
         (x_s, x̂0): x_s is ``out`` when given; x̂0 a new tensor, or None without ``with_x0``.
     """
     weights = in_compute_dtype(weights, sample)
+    if type(sample) is not torch.Tensor and is_sharded(sample):
+        weights, model_output, noise = _laid_out(weights, model_output, noise, sample)
     if _recording(model_output, sample, noise, weights):
         terms = step_terms(prediction_type, clip.active, use_clipped_model_output, noise is not None)
         if not with_x0 and not clip.active:

@@ -8,6 +8,7 @@ import importlib.util
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -97,12 +98,20 @@ def test_demo_quick_end_to_end(capsys, tmp_path, monkeypatch):
     code, out, err = run(capsys, "demo", "--quick", "--seed", "1")
     assert code == 0, err
     lines = out.strip().splitlines()
-    if HAVE_MATPLOTLIB:  # the default figure, in the current directory, named at the end
-        assert lines[-2] == "figure: ddim-sched-demo.png"
+    if HAVE_MATPLOTLIB:  # every file it wrote, in the current directory, named at the end
+        assert lines[-5:-1] == [
+            "files written:",
+            "  ddim-sched-demo.png",
+            "  ddim-sched-digits-samples.png",
+            "  ddim-sched-digits-interpolation.png",
+        ]
+        assert sorted(p.name for p in tmp_path.iterdir()) == sorted(line.strip() for line in lines[-4:-1])
         assert_png(tmp_path / "ddim-sched-demo.png")
     else:
         assert lines[-2].startswith("figure skipped: matplotlib is not installed")
     assert lines[-1].startswith("total wall time: ")
+    # invert's per-step divergence warnings are held back (summarised in the output: tests/integration/test_demo.py).
+    assert "invert:" not in err
     assert "eta=0 < 0.2 < 0.5 < 1 at every S: yes" in out and "W2 falls with S at every eta: yes" in out
     for fid in ("13.36", "41.07", "4.04"):  # the paper's Table 1 beside the measurements
         assert fid in out
@@ -112,12 +121,23 @@ def test_demo_quick_end_to_end(capsys, tmp_path, monkeypatch):
     assert "(d) A learned model: scikit-learn's 8x8 handwritten digits" in out and "(d3) Interpolation" in out
     assert out.count("\n     wall time: train eps-model") == 1
     if HAVE_MATPLOTLIB:
-        assert "figures: ddim-sched-digits-samples.png, ddim-sched-digits-interpolation.png" in out
         assert_png(tmp_path / "ddim-sched-digits-samples.png")
         assert_png(tmp_path / "ddim-sched-digits-interpolation.png")
     # The progress bars go to stderr, not stdout.
     assert "(a) exact Gaussian" in err and "4720/4720" in err and "[####" not in out
     assert "(d) digits: train eps-model" in err
+
+
+def test_every_file_the_demo_writes_is_ignored_by_git():
+    from ddim_sched.demo.digits import FIGURE_PREFIX
+
+    root = Path(SRC).parent
+    if shutil.which("git") is None or not (root / ".git").exists():
+        pytest.skip("needs git and a git checkout")
+    for name in (cli.DEMO_FIGURE, f"{FIGURE_PREFIX}-samples.png", f"{FIGURE_PREFIX}-interpolation.png"):
+        for path in (name, f"some/dir/{name}"):
+            ignored = subprocess.run(["git", "-C", str(root), "check-ignore", "--no-index", "-q", path])
+            assert ignored.returncode == 0, f"{path} is not ignored by .gitignore"
 
 
 def test_demo_out_is_a_png_path_or_a_directory(capsys, tmp_path, monkeypatch):

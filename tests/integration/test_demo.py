@@ -240,3 +240,32 @@ def test_schedule_sigma_is_the_schedulers_own_noise_coefficient(config):
 def test_step_sigma_is_zero_where_the_step_does_not_denoise():
     assert schedule_table.step_sigma(0.5, 0.5, 1.0) == 0.0 and schedule_table.step_sigma(0.6, 0.5, 1.0) == 0.0
     assert schedule_table.step_sigma(0.0, 0.36, 1.0) == pytest.approx(0.8)  # zero SNR: σ² = 1 − ᾱ_prev
+
+
+# ---------------------------------------------------------------------- invert's warnings in the demo
+
+
+def test_the_demo_holds_back_inverts_warnings_and_reports_them_once(caplog):
+    """Section (c) with k = 1: invert's fixed-point iteration diverges for a few samples of the ring at a
+    small timestep. The section's calls log nothing; the section returns the divergence, and the demo's
+    note names it, says why it is expected and where the docs explain it. Outside the demo invert warns."""
+    import logging
+
+    with caplog.at_level(logging.WARNING, logger="ddim_sched"):
+        result = demo.run(quick=True, sections=["roundtrip"])
+    assert not [r for r in caplog.records if r.funcName == "invert"]
+    (divergence,) = result.divergences
+    assert divergence.where == "(c) round trips" and divergence.iterations == 1 and divergence.timesteps
+    assert divergence.worst >= divergence.median > 0
+    note = common.format_divergences(result.divergences)
+    assert note is not None and result.format().count(note) == 1
+    assert f"(c) round trips, k=1, S={divergence.steps}:" in note and common.DIVERGENCE_DOCS in note
+    assert common.format_divergences(()) is None
+    # The filter is gone after the demo's calls: an ordinary invert call still warns.
+    scheduler = common.demo_scheduler()
+    scheduler.set_timesteps(divergence.steps)
+    mixture = common.ring_mixture(scheduler)
+    x0 = mixture.sample(64, generator=torch.Generator().manual_seed(4))
+    with caplog.at_level(logging.WARNING, logger="ddim_sched"):
+        ddim_sched.invert(mixture.model("epsilon"), x0, scheduler, fixed_point_iterations=1)
+    assert any(r.funcName == "invert" and "diverged" in r.getMessage() for r in caplog.records)

@@ -231,6 +231,16 @@ def test_verdicts_call_only_differences_beyond_the_spread(tiny_run):
     assert marked == len(inside)
 
 
+def test_a_diverged_round_trip_is_shown_as_diverged_with_its_error(tiny_run):
+    result, _ = tiny_run
+    failed = {**result.roundtrip, (2, 5): 2.68e7, (2, 10): 10.7}  # k=2 further off than a random other digit
+    text = format_digits(dataclasses.replace(result, roundtrip=failed))
+    (row,) = [line for line in text.splitlines() if line.split()[:1] == ["k=2"] and "below" not in line]
+    assert row.split()[1:] == ["diverged", "diverged"] and "!" not in text
+    assert "(MSE 1.1e+01 to 2.7e+07" in text and "docs/demo.md" in text
+    assert "which diverged at S=5, 10" in text
+
+
 def test_figures_are_skipped_with_a_message_without_matplotlib(monkeypatch, tiny_run, tmp_path):
     result, _ = tiny_run
     monkeypatch.setitem(sys.modules, "matplotlib", None)

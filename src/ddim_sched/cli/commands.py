@@ -105,12 +105,19 @@ def cmd_demo(args: argparse.Namespace) -> int:
         figure_dir=None if figure is None else figure.parent,
     )
     print()
+    note = demo.format_divergences(result.divergences)
+    if note is not None:
+        print(note + "\n")
+    written = []
     if figure is not None:
         if figures.matplotlib_available():
             _write("--out", figure, figures.png_bytes(figures.mixture_figure(result.sections["mixture"])))
-            print(f"figure: {figure}")
+            written.append(figure)
         else:
             print(f"figure skipped: matplotlib is not installed. To draw it: {figures.DEMO_EXTRA_HINT}")
+    written += result.files
+    if written:
+        print("files written:\n" + "\n".join(f"  {path}" for path in written))
     print(f"total wall time: {result.wall_time:.1f} s")
     return 0
 

@@ -47,7 +47,7 @@ from .digits_experiments import (
     to_unit_mse,
     worse_samplers,
 )
-from .digits_figures import draw_interpolation, draw_sample_grid, mosaic
+from .digits_figures import draw_interpolation, draw_sample_grid, interpolation_figure, mosaic, sample_grid_figure
 from .digits_metric import FeatureFID, Spread, frechet_distance, gaussian_fit
 from .digits_report import format_digits
 from .digits_result import FULL, QUICK, DigitsResult, DigitsSizes
@@ -88,6 +88,7 @@ __all__ = [
     "frechet_distance",
     "gaussian_fit",
     "interpolation",
+    "interpolation_figure",
     "load_digits_data",
     "mosaic",
     "pick_pairs",
@@ -96,6 +97,7 @@ __all__ = [
     "roundtrip_table",
     "run",
     "run_digits",
+    "sample_grid_figure",
     "train_classifier",
     "train_eps_model",
     "worse_samplers",
@@ -243,6 +245,7 @@ def _draw(result: DigitsResult, out_dir: Path) -> None:
         result.sizes.per_cell,
         result.worse_samples,
         result.worse_fid,
+        result.spread,
     )
     if not drawn:
         result.figure_note = f"figures skipped: matplotlib is not installed. To draw them: {DEMO_EXTRA}"

@@ -141,7 +141,8 @@ def texts(figure):
 
 
 def assert_readable_at_readme_width(figure, smallest=11.0):
-    """At most 10 inches at 100 dpi (a README shows about 880 pixels) and no text under ``smallest`` points."""
+    """No wider than 1250 pixels (a README shows about 880, so text shrinks by at most 0.7) and no text under
+    ``smallest`` points (11 pt at 100 dpi: 15 pixels before that shrink)."""
     width = figure.get_figwidth() * figure.dpi
     assert width <= 1250, width
     small = [(t.get_text(), t.get_fontsize()) for t in texts(figure) if t.get_fontsize() < smallest]

@@ -8,6 +8,7 @@ import importlib.util
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -59,6 +60,12 @@ def run_process(*argv, **kwargs):
     )
 
 
+def verdict(out):
+    """compare's verdict: its one line that starts with 'verdict ' (any explanations follow, indented)."""
+    (line,) = [line for line in out.splitlines() if line.startswith("verdict ")]
+    return line
+
+
 def assert_png(path):
     data = Path(path).read_bytes()
     assert data[:8] == PNG_SIGNATURE
@@ -91,12 +98,20 @@ def test_demo_quick_end_to_end(capsys, tmp_path, monkeypatch):
     code, out, err = run(capsys, "demo", "--quick", "--seed", "1")
     assert code == 0, err
     lines = out.strip().splitlines()
-    if HAVE_MATPLOTLIB:  # the default figure, in the current directory, named at the end
-        assert lines[-2] == "figure: ddim-sched-demo.png"
+    if HAVE_MATPLOTLIB:  # every file it wrote, in the current directory, named at the end
+        assert lines[-5:-1] == [
+            "files written:",
+            "  ddim-sched-demo.png",
+            "  ddim-sched-digits-samples.png",
+            "  ddim-sched-digits-interpolation.png",
+        ]
+        assert sorted(p.name for p in tmp_path.iterdir()) == sorted(line.strip() for line in lines[-4:-1])
         assert_png(tmp_path / "ddim-sched-demo.png")
     else:
         assert lines[-2].startswith("figure skipped: matplotlib is not installed")
     assert lines[-1].startswith("total wall time: ")
+    # invert's per-step divergence warnings are held back (summarised in the output: tests/integration/test_demo.py).
+    assert "invert:" not in err
     assert "eta=0 < 0.2 < 0.5 < 1 at every S: yes" in out and "W2 falls with S at every eta: yes" in out
     for fid in ("13.36", "41.07", "4.04"):  # the paper's Table 1 beside the measurements
         assert fid in out
@@ -106,12 +121,23 @@ def test_demo_quick_end_to_end(capsys, tmp_path, monkeypatch):
     assert "(d) A learned model: scikit-learn's 8x8 handwritten digits" in out and "(d3) Interpolation" in out
     assert out.count("\n     wall time: train eps-model") == 1
     if HAVE_MATPLOTLIB:
-        assert "figures: ddim-sched-digits-samples.png, ddim-sched-digits-interpolation.png" in out
         assert_png(tmp_path / "ddim-sched-digits-samples.png")
         assert_png(tmp_path / "ddim-sched-digits-interpolation.png")
     # The progress bars go to stderr, not stdout.
     assert "(a) exact Gaussian" in err and "4720/4720" in err and "[####" not in out
     assert "(d) digits: train eps-model" in err
+
+
+def test_every_file_the_demo_writes_is_ignored_by_git():
+    from ddim_sched.demo.digits import FIGURE_PREFIX
+
+    root = Path(SRC).parent
+    if shutil.which("git") is None or not (root / ".git").exists():
+        pytest.skip("needs git and a git checkout")
+    for name in (cli.DEMO_FIGURE, f"{FIGURE_PREFIX}-samples.png", f"{FIGURE_PREFIX}-interpolation.png"):
+        for path in (name, f"some/dir/{name}"):
+            ignored = subprocess.run(["git", "-C", str(root), "check-ignore", "--no-index", "-q", path])
+            assert ignored.returncode == 0, f"{path} is not ignored by .gitignore"
 
 
 def test_demo_out_is_a_png_path_or_a_directory(capsys, tmp_path, monkeypatch):
@@ -306,7 +332,7 @@ def test_compare_matches_diffusers_and_writes_a_report(capsys, tmp_path):
     report = tmp_path / "report.json"
     code, out, err = run(capsys, "compare", "--steps", "10", "--eta", "0.5", "--shape", "2,3,4,4", "--out", str(report))
     assert code == 0, out + err
-    assert "timesteps identical: [900, 800" in out and out.strip().splitlines()[-2] in ("MATCH", "EXPLAINED")
+    assert "timesteps identical: [900, 800" in out and verdict(out).startswith(("verdict MATCH", "verdict EXPLAINED"))
     data = json.loads(report.read_text())
     assert data["passed"] is True and len(data["steps"]) == 10 and data["config"]["num_train_timesteps"] == 1000
     assert all(row["candidate_exact"] <= data["rtol"] for row in data["steps"])
@@ -333,7 +359,7 @@ def test_compare_explains_the_trailing_extra_timestep(capsys):
     assert code == 0, out
     assert "timesteps: diffusers visits ddim_sched's 61 then [-1]" in out and "trailing_extra_step" in out
     rows = [line for line in out.splitlines() if re.match(r"\s+\d+\s+\d+\s", line)]
-    assert len(rows) == 61 and out.strip().splitlines()[-1] == "EXPLAINED"
+    assert len(rows) == 61 and verdict(out).startswith("verdict EXPLAINED")
 
 
 def test_compare_explains_the_successor_rule(capsys):
@@ -343,7 +369,8 @@ def test_compare_explains_the_successor_rule(capsys):
     )
     assert code == 0, out
     assert "--prev-timestep-rule 'schedule'" in out and "lands on 888 vs 899" in out
-    assert "successor_rule" in out and "docs/migration.md" in out and out.strip().splitlines()[-1] == "EXPLAINED"
+    assert "successor_rule" in out and "docs/migration.md" in out
+    assert verdict(out).startswith("verdict EXPLAINED")
 
 
 def test_compare_exits_1_for_an_unexplained_difference(capsys, monkeypatch):
@@ -357,7 +384,7 @@ def test_compare_exits_1_for_an_unexplained_difference(capsys, monkeypatch):
     monkeypatch.setattr(cli.DDIMScheduler, "step", off_by_a_little)
     code, out, err = run(capsys, "compare", "--steps", "5")
     assert code == 1 and err == ""
-    assert out.strip().splitlines()[-1] == "DIFFER" and "verdict DIFFER: 5 step(s) differ" in out
+    assert verdict(out).startswith("verdict DIFFER: 5 step(s) differ")
 
 
 def test_compare_reports_a_reference_that_raises(capsys, monkeypatch):
@@ -373,7 +400,7 @@ def test_compare_reports_a_reference_that_raises(capsys, monkeypatch):
     code, out, err = run(capsys, "compare", "--steps", "10")
     assert code == 1 and "Traceback" not in err
     assert "the reference's step raised IndexError at step 7 (timestep 200)" in out
-    assert out.strip().splitlines()[-1] == "DIFFER"
+    assert verdict(out).startswith("verdict DIFFER")
 
 
 @needs_dev_full
@@ -420,7 +447,10 @@ def _text_file(tmp_path):
         (["schedule", "--steps", "many"], ["--steps"]),
         (["schedule", "--steps", "2000"], ["--steps 2000", "num_train_timesteps=1000"]),
         (["schedule", "--beta-start", "2"], ["--beta-start 2.0:", "(0, 1)"]),
-        (["schedule", "--beta-start", "0.5", "--beta-end", "0.1"], ["--beta-start 0.5:", "must not exceed beta_end"]),
+        (
+            ["schedule", "--beta-start", "0.5", "--beta-end", "0.1"],
+            ["--beta-start 0.5 --beta-end 0.1:", "beta_end=0.1"],
+        ),
         (["schedule", "--timestep-spacing", "cubic"], ["--timestep-spacing", "cubic", "'trailing'"]),
         (["schedule", "--steps-offset", "200", "--steps", "5"], ["--steps 5", "steps_offset=200"]),
         (["schedule", "--rescale-betas-zero-snr", "--timestep-spacing", "trailing"], ["--steps 10", "v_prediction"]),
@@ -479,6 +509,90 @@ def test_a_config_file_error_is_blamed_on_the_file_and_a_flag_error_on_the_flag(
     assert code == 0  # the flag fixes the file
     code, _, err = run(capsys, "schedule", "--config", str(path), "--steps", "5")
     assert code == 2 and f"error: --config {path}: beta_start must not exceed beta_end" in err
+
+
+def test_a_combination_error_quotes_the_flags_given_with_their_values(capsys, tmp_path):
+    # Neither flag is wrong alone against the other; the error names both and quotes the user's beta_end.
+    code, out, err = run(capsys, "schedule", "--beta-start", "0.15", "--beta-end", "0.1")
+    assert code == 2 and out == ""
+    assert err.strip() == (
+        "ddim-sched schedule: error: --beta-start 0.15 --beta-end 0.1: beta_start must not exceed beta_end; "
+        "got beta_start=0.15 > beta_end=0.1"
+    )
+    # A flag against a value the user did not give: the error says where that value comes from.
+    code, _, err = run(capsys, "schedule", "--beta-start", "0.15")
+    assert code == 2 and "--beta-start 0.15: " in err and "(beta_end is the default; --beta-end sets it)" in err
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps({"num_train_timesteps": 1}))
+    code, _, err = run(capsys, "schedule", "--config", str(path), "--rescale-betas-zero-snr")
+    assert code == 2 and "error: --rescale-betas-zero-snr: rescale_betas_zero_snr needs num_train_timesteps" in err
+    assert f"(num_train_timesteps is from --config {path})" in err
+
+
+def test_eta_defaults_to_0_in_every_subcommand(capsys):
+    parser = cli.build_parser()
+    assert parser.parse_args(["schedule"]).eta == parser.parse_args(["compare"]).eta == 0.0
+    code, out, _ = run(capsys, "schedule", "--format", "json", "--steps", "5")
+    assert code == 0 and json.loads(out)["eta"] == 0.0
+    assert [row["sigma_step"] for row in json.loads(out)["steps"]] == [0.0] * 5
+    for command in ("schedule", "compare"):
+        code, out, _ = run(capsys, command, "--help")
+        assert code == 0 and re.search(r"--eta ETA\s+eta.*\(default 0\)", out), out
+
+
+def test_a_config_file_is_read_as_a_file_whatever_its_name(capsys, tmp_path):
+    path = tmp_path / "cfg.txt"
+    path.write_text(json.dumps({"steps_offset": 1, "beta_schedule": "scaled_linear"}))
+    code, out, err = run(capsys, "schedule", "--config", str(path), "--format", "json", "--steps", "5")
+    assert code == 0, err
+    data = json.loads(out)
+    assert [row["t"] for row in data["steps"]] == [801, 601, 401, 201, 1]
+    assert data["config"]["beta_schedule"] == "scaled_linear"
+    path.write_text("steps_offset: 1")  # a file that is not JSON is named as such
+    code, _, err = run(capsys, "schedule", "--config", str(path))
+    assert code == 2 and "cfg.txt" in err and "not valid JSON" in err
+
+
+@pytest.mark.parametrize(
+    "argv, named",
+    [
+        (["--timestep-spacing", "quad"], "--timestep-spacing quad: diffusers' DDIMScheduler has no 'quad' spacing"),
+        (["--timestep-spacing", "karras"], "--timestep-spacing karras: diffusers' DDIMScheduler has no 'karras'"),
+        (["--snr-shift-scale", "3"], "--snr-shift-scale 3.0: diffusers' DDIMScheduler has no SNR shift"),
+    ],
+)
+def test_compare_an_option_diffusers_lacks_is_a_usage_error(capsys, argv, named):
+    code, out, err = run(capsys, "compare", "--steps", "5", *argv)
+    assert code == 2 and out == ""
+    assert err.startswith(f"ddim-sched compare: error: {named}") and "nothing to compare" in err
+
+
+@pytest.mark.parametrize("command", ["demo", "schedule", "compare"])
+def test_an_unknown_flag_prints_the_subcommands_own_usage(capsys, monkeypatch, command):
+    never_sample(monkeypatch)
+    code, out, err = run(capsys, command, "--stepz", "3")
+    assert code == 2 and out == ""
+    assert err.startswith(f"usage: ddim-sched {command} ")
+    assert err.strip().endswith(f"ddim-sched {command}: error: unrecognized arguments: --stepz 3")
+    code, _, err = run(capsys, "--stepz", command)  # before the subcommand: the top level's
+    assert code == 2 and err.startswith("usage: ddim-sched [-h]") and "ddim-sched: error: " in err
+
+
+def test_compare_prints_one_verdict_line(capsys):
+    pytest.importorskip("diffusers")
+    code, out, _ = run(capsys, "compare", "--steps", "5")
+    assert code == 0
+    lines = out.strip().splitlines()
+    assert lines[-1].startswith("verdict MATCH: ")
+    assert [line for line in lines if "MATCH" in line] == [lines[-1]]
+
+
+def test_schedule_table_explains_its_columns(capsys):
+    code, out, _ = run(capsys, "schedule", "--steps", "5")
+    assert code == 0
+    assert "t_prev: the timestep it lands on, where alpha_bar_prev is read (-1: past the end)" in out
+    assert "next: the timestep the loop visits next (-1: none)" in out
+    assert "sigma_step: the noise the step adds, DDIM's eq. 16 sigma at eta=0" in out
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")

@@ -133,17 +133,61 @@ def test_mixture_section_samples_the_ring():
     assert result.table[(0.0, 50)] < result.table[(0.0, 10)]
 
 
+def texts(figure):
+    """Every non-empty text drawn on a matplotlib figure."""
+    from matplotlib.text import Text
+
+    return [t for t in figure.findobj(Text) if t.get_text().strip() and t.get_visible()]
+
+
+def assert_readable_at_readme_width(figure, smallest=11.0):
+    """No wider than 1250 pixels (a README shows about 880, so text shrinks by at most 0.7) and no text under
+    ``smallest`` points (11 pt at 100 dpi: 15 pixels before that shrink)."""
+    width = figure.get_figwidth() * figure.dpi
+    assert width <= 1250, width
+    small = [(t.get_text(), t.get_fontsize()) for t in texts(figure) if t.get_fontsize() < smallest]
+    assert not small, small
+
+
 @needs_matplotlib
 def test_figure_has_a_legend_and_frames_the_cells_within_the_floor():
     result = _fake_mixture([0.30, 0.05, 0.12, 0.10], floor=(0.08, 0.10, 0.09))
     fig = figures.mixture_figure(result)
-    labels = [text.get_text() for text in fig.legends[0].get_texts()]
+    (legend,) = [ax.get_legend() for ax in fig.axes if ax.get_legend() is not None]
+    labels = [text.get_text() for text in legend.get_texts()]
     assert any("true density" in label for label in labels) and any("DDIM samples" in label for label in labels)
-    assert any("data samples" in label for label in labels) and any("noise floor" in label for label in labels)
-    axes = fig.axes
-    framed = [ax.get_title() for ax in axes if ax.spines["top"].get_edgecolor()[:3] != (0.0, 0.0, 0.0)]
-    assert framed == ["S=100  SW2=0.050 ~", "S=100  SW2=0.100 ~"]
+    assert any("data samples" in label for label in labels)
+    # The floor as the text table gives it: its range's top and its mean ± sd.
+    assert any("noise floor: SW2 <= 0.100 (data vs data: 0.090 ± 0.010)" in label for label in labels)
+    framed = [ax.get_title() for ax in fig.axes if ax.spines["top"].get_edgecolor()[:3] != (0.0, 0.0, 0.0)]
+    assert framed == ["S = 100\nSW2 0.050 ~", "SW2 0.100 ~"]
     assert figures.png_bytes(fig)[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@needs_matplotlib
+def test_mixture_figure_shows_the_data_once_and_reads_at_readme_width():
+    result = _fake_mixture([0.30, 0.05, 0.12, 0.10], floor=(0.08, 0.10, 0.09))
+    fig = figures.mixture_figure(result)
+    titles = [ax.get_title() for ax in fig.axes]
+    assert titles.count("data\n(the reference)") == 1 and len(fig.axes) == 1 + 4 + 1  # data, 2x2 cells, legend
+    assert [t for t in titles if t.startswith("S = ")] == ["S = 10\nSW2 0.300", "S = 100\nSW2 0.050 ~"]
+    assert sorted(ax.get_ylabel() for ax in fig.axes if ax.get_ylabel()) == ["η = 0", "η = 1"]
+    assert_readable_at_readme_width(fig)
+
+
+@needs_matplotlib
+def test_schedule_plot_marks_zero_snr_at_the_edge_of_its_log_axis():
+    scheduler = DDIMScheduler(rescale_betas_zero_snr=True, timestep_spacing="trailing", prediction_type="v_prediction")
+    scheduler.set_timesteps(10)
+    fig = figures.schedule_figure(scheduler, schedule_table.schedule_rows(scheduler, 0.0), 0.0)
+    snr_axis = next(ax for ax in fig.axes if ax.get_title().startswith("SNR"))
+    low, high = snr_axis.get_ylim()
+    smallest = float((scheduler.alpha_bar / (1 - scheduler.alpha_bar))[scheduler.alpha_bar > 0].min())
+    assert snr_axis.get_yscale() == "log" and smallest / 10 < low <= smallest  # the curve's range, not 1e-30
+    (marker,) = [line for line in snr_axis.get_lines() if line.get_marker() == "v"]
+    assert list(marker.get_xdata()) == [999] and list(marker.get_ydata()) == [0.0]  # at the axis' lower edge
+    assert "SNR = 0 at t = 999" in marker.get_label()
+    assert_readable_at_readme_width(fig, smallest=10.0)
 
 
 # ---------------------------------------------------------------------- (c) round trips
@@ -240,3 +284,32 @@ def test_schedule_sigma_is_the_schedulers_own_noise_coefficient(config):
 def test_step_sigma_is_zero_where_the_step_does_not_denoise():
     assert schedule_table.step_sigma(0.5, 0.5, 1.0) == 0.0 and schedule_table.step_sigma(0.6, 0.5, 1.0) == 0.0
     assert schedule_table.step_sigma(0.0, 0.36, 1.0) == pytest.approx(0.8)  # zero SNR: σ² = 1 − ᾱ_prev
+
+
+# ---------------------------------------------------------------------- invert's warnings in the demo
+
+
+def test_the_demo_holds_back_inverts_warnings_and_reports_them_once(caplog):
+    """Section (c) with k = 1: invert's fixed-point iteration diverges for a few samples of the ring at a
+    small timestep. The section's calls log nothing; the section returns the divergence, and the demo's
+    note names it, says why it is expected and where the docs explain it. Outside the demo invert warns."""
+    import logging
+
+    with caplog.at_level(logging.WARNING, logger="ddim_sched"):
+        result = demo.run(quick=True, sections=["roundtrip"])
+    assert not [r for r in caplog.records if r.funcName == "invert"]
+    (divergence,) = result.divergences
+    assert divergence.where == "(c) round trips" and divergence.iterations == 1 and divergence.timesteps
+    assert divergence.worst >= divergence.median > 0
+    note = common.format_divergences(result.divergences)
+    assert note is not None and result.format().count(note) == 1
+    assert f"(c) round trips, k=1, S={divergence.steps}:" in note and common.DIVERGENCE_DOCS in note
+    assert common.format_divergences(()) is None
+    # The filter is gone after the demo's calls: an ordinary invert call still warns.
+    scheduler = common.demo_scheduler()
+    scheduler.set_timesteps(divergence.steps)
+    mixture = common.ring_mixture(scheduler)
+    x0 = mixture.sample(64, generator=torch.Generator().manual_seed(4))
+    with caplog.at_level(logging.WARNING, logger="ddim_sched"):
+        ddim_sched.invert(mixture.model("epsilon"), x0, scheduler, fixed_point_iterations=1)
+    assert any(r.funcName == "invert" and "diverged" in r.getMessage() for r in caplog.records)

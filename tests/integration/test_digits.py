@@ -231,6 +231,55 @@ def test_verdicts_call_only_differences_beyond_the_spread(tiny_run):
     assert marked == len(inside)
 
 
+def test_a_diverged_round_trip_is_shown_as_diverged_with_its_error(tiny_run):
+    result, _ = tiny_run
+    failed = {**result.roundtrip, (2, 5): 2.68e7, (2, 10): 10.7}  # k=2 further off than a random other digit
+    text = format_digits(dataclasses.replace(result, roundtrip=failed))
+    (row,) = [line for line in text.splitlines() if line.split()[:1] == ["k=2"] and "below" not in line]
+    assert row.split()[1:] == ["diverged", "diverged"] and "!" not in text
+    assert "(MSE 1.1e+01 to 2.7e+07" in text and "docs/demo.md" in text
+    assert "which diverged at S=5, 10" in text
+
+
+def test_sample_grid_shows_the_reference_once_and_every_fid_with_its_spread(tiny_run):
+    pytest.importorskip("matplotlib")
+    from tests.integration.test_demo import assert_readable_at_readme_width, texts
+
+    result, _ = tiny_run
+    fig = digits.sample_grid_figure(
+        result.quality, result.data.held_out, 4, result.worse_samples, result.worse_fid, result.spread
+    )
+    titles = [ax.get_title() for ax in fig.axes]
+    assert [t for t in titles if t.startswith("real digits")] == ["real digits:\n4 of the 500\nheld out"]
+    cells, worse = len(TINY.etas) * len(TINY.steps), len(result.worse_fid)
+    assert len(fig.axes) == 1 + cells + worse
+    fids = [t for t in titles if "FID" in t]
+    assert len(fids) == cells + worse and all(" ± " in t for t in fids)
+    eta, S = TINY.etas[0], TINY.steps[0]
+    first = f"S = {S}\nFID {result.quality.fid[(eta, S)]:.1f} ± {result.spread.sd((eta, S)):.1f}"
+    assert first in titles
+    # The worse sets sit in a block of their own, under a heading, not in a column of the grid.
+    assert any("must score worse" in t.get_text() for t in texts(fig))
+    assert_readable_at_readme_width(fig)
+
+
+def test_interpolation_figure_labels_alpha_once_and_the_classifiers_readings(tiny_run):
+    pytest.importorskip("matplotlib")
+    from tests.integration.test_demo import assert_readable_at_readme_width, texts
+
+    result, _ = tiny_run
+    fig = digits.interpolation_figure(result.interpolation, result.path_labels)
+    words = [t.get_text() for t in texts(fig)]
+    points, pairs = TINY.points, len(TINY.pairs)
+    assert len([w for w in words if w.startswith("α = ")]) == points  # one header per column
+    reads = [w for w in words if w.startswith("reads ")]
+    assert reads == [f"reads {label}" for path in result.path_labels for label in path]
+    assert not any(w in ("start", "end") for w in words)
+    assert any("At α = 0 and 1 the crossfade row shows the two real digits" in w for w in words)
+    assert len(fig.axes) == points * (1 + 2 * pairs) + 1  # header row, two rows per pair, the note
+    assert_readable_at_readme_width(fig)
+
+
 def test_figures_are_skipped_with_a_message_without_matplotlib(monkeypatch, tiny_run, tmp_path):
     result, _ = tiny_run
     monkeypatch.setitem(sys.modules, "matplotlib", None)

@@ -291,3 +291,27 @@ def test_tol_and_iterations_are_validated():
         invert(lambda x, t: x, data(), scheduler, tol="small")
     with pytest.raises(TypeError, match="fixed_point_iterations"):
         invert(lambda x, t: x, data(), scheduler, fixed_point_iterations=1.5)
+
+
+def test_invert_under_autograd_raises_no_warning():
+    """Differentiating through invert (x0 requires grad) warns nothing: the report's residuals are read
+    off the graph. torch warns about a scalar read of a grad tensor only once per process unless told to
+    warn always, so the test turns that on."""
+    import warnings
+
+    scheduler = DDIMScheduler(clip_sample=False)
+    scheduler.set_timesteps(4)
+    model_fn = exact_model(scheduler)
+    x0 = data().requires_grad_(True)
+    warn_always = torch.is_warn_always_enabled()
+    torch.set_warn_always(True)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            _, classic = invert(model_fn, x0, scheduler, return_report=True)
+            latent, iterated = invert(model_fn, x0, scheduler, fixed_point_iterations=2, tol=1e-3, return_report=True)
+            latent.sum().backward()
+    finally:
+        torch.set_warn_always(warn_always)
+    assert x0.grad is not None and bool(torch.isfinite(x0.grad).all())
+    assert all(isinstance(r, float) for r in classic.residuals + iterated.residuals)

@@ -5,10 +5,14 @@ checked by :mod:`ddim_sched.cli.flags`, and the work is done by importable funct
 :mod:`ddim_sched.demo` (the demo's sections, the schedule table and the figures) and
 :mod:`ddim_sched.testing` (the parity harness behind ``compare``).
 
+η (``--eta``) defaults to 0, deterministic DDIM, in every subcommand that takes it, as in
+``DDIMScheduler.step``.
+
 Exit status: 0 success (``compare``: MATCH, or every difference explained in ddim_sched's favour),
 1 an unexplained ``compare`` difference, 2 a usage or environment error (bad flag value, missing
-file, unwritable output, missing optional package), reported as one ``ddim-sched <cmd>: error:``
-line on stderr.
+file, unwritable output, missing optional package, a ``compare`` option diffusers lacks), reported
+as one ``ddim-sched <cmd>: error:`` line on stderr (after the subcommand's usage, for a flag it does
+not know or a value it cannot parse).
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ from .flags import UsageError
 PROG = "ddim-sched"
 DEMO_FIGURE = "ddim-sched-demo.png"
 DIFFUSERS_SPACINGS = ("leading", "trailing", "linspace")  # diffusers' DDIMScheduler has no others
+DEFAULT_ETA = 0.0  # every subcommand's --eta default: deterministic DDIM, as DDIMScheduler.step
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
@@ -100,12 +105,19 @@ def cmd_demo(args: argparse.Namespace) -> int:
         figure_dir=None if figure is None else figure.parent,
     )
     print()
+    note = demo.format_divergences(result.divergences)
+    if note is not None:
+        print(note + "\n")
+    written = []
     if figure is not None:
         if figures.matplotlib_available():
             _write("--out", figure, figures.png_bytes(figures.mixture_figure(result.sections["mixture"])))
-            print(f"figure: {figure}")
+            written.append(figure)
         else:
             print(f"figure skipped: matplotlib is not installed. To draw it: {figures.DEMO_EXTRA_HINT}")
+    written += result.files
+    if written:
+        print("files written:\n" + "\n".join(f"  {path}" for path in written))
     print(f"total wall time: {result.wall_time:.1f} s")
     return 0
 
@@ -150,10 +162,27 @@ def _import_diffusers() -> Any:
     return diffusers
 
 
+def _check_diffusers_has(config: DDIMConfig, overrides: dict[str, Any], path: str | None) -> None:
+    """A UsageError for a configuration that diffusers' DDIMScheduler cannot express (nothing to compare)."""
+    given, lacks = [], []
+    if config.timestep_spacing not in DIFFUSERS_SPACINGS:
+        given.append(flags.source_text("timestep_spacing", config.timestep_spacing, overrides, path))
+        lacks.append(f"{config.timestep_spacing!r} spacing (it has {', '.join(DIFFUSERS_SPACINGS)})")
+    if config.snr_shift_scale != DDIMConfig().snr_shift_scale:
+        given.append(flags.source_text("snr_shift_scale", config.snr_shift_scale, overrides, path))
+        lacks.append("SNR shift")
+    if lacks:
+        raise UsageError(
+            f"{', '.join(given)}: diffusers' DDIMScheduler has no {' and no '.join(lacks)}, so there is nothing "
+            "to compare against (compare checks configurations both libraries can express)"
+        )
+
+
 def cmd_compare(args: argparse.Namespace) -> int:
     """Step ddim_sched and diffusers side by side with the exact result; print the per-step report."""
     config, data, overrides = flags.config_from_args(args)
     device, dtype = flags.device(args.device), DTYPES[args.dtype]
+    _check_diffusers_has(config, overrides, args.config)
     out_path = _writable_file("--out", args.out) if args.out else None
     diffusers = _import_diffusers()
     ours = DDIMScheduler.from_config(config)
@@ -162,15 +191,11 @@ def cmd_compare(args: argparse.Namespace) -> int:
         f"ddim_sched {__version__} vs diffusers {diffusers.__version__}: S={args.steps}, eta={args.eta:g}, "
         f"sample {tuple(args.shape)} {args.dtype} on {device}, seed {args.seed}"
     ]
-    extensions = [
-        f"{flags.flag_name(k)} {getattr(config, k)!r}"
-        for k in ("prev_timestep_rule", "snr_shift_scale")
-        if getattr(config, k) != getattr(DDIMConfig(), k)
-    ]
-    if config.timestep_spacing not in DIFFUSERS_SPACINGS:
-        extensions.append(f"--timestep-spacing {config.timestep_spacing!r}")
-    if extensions:
-        header.append(f"note: {', '.join(extensions)}: ddim_sched extension(s) diffusers lacks")
+    if config.prev_timestep_rule != DDIMConfig().prev_timestep_rule:
+        header.append(
+            f"note: --prev-timestep-rule {config.prev_timestep_rule!r} is a ddim_sched option diffusers lacks; "
+            "diffusers steps with its stride rule (the differences that rule causes are reported as EXPLAINED)"
+        )
     # diffusers reads the file's own keys plus the flags it knows; not ddim_sched's extensions.
     reference_mapping = {**data, **{k: v for k, v in overrides.items() if k in DIFFUSERS_FIELDS}}
     try:
@@ -198,7 +223,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         )
     elif report.timesteps:
         header.append(f"timesteps identical: {report.timesteps}")
-    text = "\n".join(header + [report.format(max_rows=None), report.verdict])
+    text = "\n".join(header + [report.format(max_rows=None)])  # its last line is the verdict
     if out_path is not None:
         record = {
             **report.to_dict(),
@@ -226,7 +251,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG,
         description="DDIM scheduler tools: a demo (exact models and a learned digits model), a schedule inspector, "
-        "and a diffusers parity check.",
+        "and a diffusers parity check. --eta defaults to 0 (deterministic DDIM) wherever it is taken.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="{demo,schedule,compare}")
@@ -249,7 +274,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo_parser.add_argument("--quick", action="store_true", help="small sizes (seconds; used by the tests)")
     demo_parser.add_argument("--no-figure", action="store_true", help="print the tables only")
     demo_parser.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
-    demo_parser.set_defaults(handler=cmd_demo)
+    demo_parser.set_defaults(handler=cmd_demo, parser=demo_parser)
 
     schedule_parser = sub.add_parser(
         "schedule",
@@ -259,10 +284,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     flags.add_config_flags(schedule_parser)
     schedule_parser.add_argument("--steps", type=flags.positive_int, default=10, help="inference steps (default 10)")
-    schedule_parser.add_argument("--eta", type=flags.nonnegative, default=1.0, help="eta of sigma_step (default 1)")
+    schedule_parser.add_argument(
+        "--eta", type=flags.nonnegative, default=DEFAULT_ETA, help="eta of the sigma_step column (default 0)"
+    )
     schedule_parser.add_argument("--format", choices=["table", "csv", "json"], default="table", help="output format")
     schedule_parser.add_argument("--plot", metavar="PATH", help="also write a PNG plot there (needs matplotlib)")
-    schedule_parser.set_defaults(handler=cmd_schedule)
+    schedule_parser.set_defaults(handler=cmd_schedule, parser=schedule_parser)
 
     compare_parser = sub.add_parser(
         "compare",
@@ -270,11 +297,12 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run ddim_sched and diffusers' DDIMScheduler on the same config, start and model (the exact "
         "denoiser of a seeded Gaussian mixture) beside the exact float64 result, and report every step. Exit 0 "
         "when they match within the tolerance or every difference is a documented deliberate difference in "
-        "ddim_sched's favour, 1 otherwise, 2 on a usage error.",
+        "ddim_sched's favour, 1 otherwise, 2 on a usage error (including an option diffusers lacks: "
+        "the quad and karras spacings, --snr-shift-scale).",
     )
     flags.add_config_flags(compare_parser)
     compare_parser.add_argument("--steps", type=flags.positive_int, default=50, help="inference steps S (default 50)")
-    compare_parser.add_argument("--eta", type=flags.nonnegative, default=0.0, help="eta (default 0)")
+    compare_parser.add_argument("--eta", type=flags.nonnegative, default=DEFAULT_ETA, help="eta (default 0)")
     compare_parser.add_argument("--shape", type=flags.shape, default=(2, 4, 8, 8), help="B,C,H,W (default 2,4,8,8)")
     _add_run_flags(compare_parser, list(DTYPES))
     compare_parser.add_argument(
@@ -284,7 +312,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="bound on each step's relative L2 error (default per dtype: ddim_sched.testing.DEFAULT_RTOL)",
     )
     compare_parser.add_argument("--out", metavar="PATH", help="also write a JSON report there")
-    compare_parser.set_defaults(handler=cmd_compare)
+    compare_parser.set_defaults(handler=cmd_compare, parser=compare_parser)
     return parser
 
 
@@ -299,8 +327,12 @@ def _silence_stdout() -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status (0 ok, 1 unexplained compare difference, 2 usage error)."""
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
     try:
-        args = parser.parse_args(argv)
+        args, unknown = parser.parse_known_args(argv)
+        if unknown:  # reported with the usage of the subcommand they follow, not the top level's
+            after_command = argv.index(args.command) < argv.index(unknown[0])
+            (args.parser if after_command else parser).error(f"unrecognized arguments: {' '.join(unknown)}")
     except SystemExit as exit_:
         return int(exit_.code or 0)
     try:

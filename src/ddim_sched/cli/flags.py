@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import math
+import re
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -110,7 +113,9 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
         "A scheduler_config.json (or the directory holding it) and/or single fields; flags override "
         "the file. Unset fields take diffusers' DDIMScheduler defaults.",
     )
-    group.add_argument("--config", metavar="PATH", help="scheduler_config.json, or a directory containing one")
+    group.add_argument(
+        "--config", metavar="PATH", help="a scheduler config file (JSON, whatever its name), or a directory holding one"
+    )
     defaults = DDIMConfig()
     for f in dataclasses.fields(DDIMConfig):
         if f.name == "trained_betas":
@@ -127,12 +132,30 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
             group.add_argument(flag, dest=f.name, type=float, default=None, metavar="X", help=help_text)
 
 
+def _read_config_file(path: Path) -> dict[str, Any]:
+    """The JSON object in the file ``path``, whatever the file is called; ValueError naming the file otherwise."""
+    try:
+        data = json.loads(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as err:
+        raise ValueError(f"scheduler config {str(path)!r} is not UTF-8 text: {err}") from None
+    except json.JSONDecodeError as err:
+        raise ValueError(f"scheduler config {str(path)!r} is not valid JSON: {err}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"scheduler config {str(path)!r} must hold a JSON object; got {type(data).__name__}")
+    return data
+
+
 def config_from_args(args: argparse.Namespace) -> tuple[DDIMConfig, dict[str, Any], dict[str, Any]]:
-    """(validated config, the file's raw mapping, the flag overrides) from --config and the field flags."""
+    """(validated config, the file's raw mapping, the flag overrides) from --config and the field flags.
+
+    --config names a file, read as JSON whatever its name (``cfg.txt``), or a directory holding a
+    ``scheduler_config.json``.
+    """
     data: dict[str, Any] = {}
     if args.config is not None:
+        path = Path(args.config)
         try:
-            data = read_config(args.config)
+            data = _read_config_file(path) if path.is_file() else read_config(path)
         except (ValueError, OSError) as err:
             raise UsageError(f"--config: {err}") from None
     overrides = {
@@ -146,19 +169,45 @@ def config_from_args(args: argparse.Namespace) -> tuple[DDIMConfig, dict[str, An
         raise UsageError(_config_culprit(args.config, data, overrides, err)) from None
 
 
+def flag_text(field: str, value: Any) -> str:
+    """A field's value as the flag that sets it: --beta-end 0.1, --rescale-betas-zero-snr, --no-clip-sample."""
+    if isinstance(value, bool):
+        return flag_name(field) if value else "--no-" + field.replace("_", "-")
+    return f"{flag_name(field)} {value}"
+
+
+def source_text(field: str, value: Any, overrides: dict[str, Any], path: str | None) -> str:
+    """Where a field's value came from: the flag as given, or the field in the --config file."""
+    return flag_text(field, value) if field in overrides else f"{field}={value!r} in --config {path}"
+
+
 def _config_culprit(path: str | None, data: dict[str, Any], overrides: dict[str, Any], error: Exception) -> str:
-    """Which input makes the configuration invalid: the file alone, one flag on top of it, or the flags together."""
+    """The configuration's error (which quotes the values in force), prefixed by the inputs at fault.
+
+    The file alone, if it is invalid by itself; otherwise the flags given whose fields the error names,
+    with the source of any other field it names (the file or the default); if it names none of the
+    flags given, all of them together.
+    """
     try:
-        base = DDIMConfig.from_mapping(data)
+        DDIMConfig.from_mapping(data)
     except (TypeError, ValueError) as err:
         return f"--config {path}: {err}"
-    for field, value in overrides.items():
-        try:
-            base.replace(**{field: value})
-        except (TypeError, ValueError) as err:
-            return f"{flag_name(field)} {value!r}: {err}"
-    together = " ".join(f"{flag_name(field)} {value!r}" for field, value in overrides.items())
-    return f"{together} (together{' with --config ' + str(path) if path else ''}): {error}"
+    message = str(error)
+    named = [f.name for f in dataclasses.fields(DDIMConfig) if re.search(rf"\b{f.name}\b", message)]
+    given = [field for field in named if field in overrides]
+    if not given:
+        together = " ".join(flag_text(field, value) for field, value in overrides.items())
+        return f"{together} (together{' with --config ' + str(path) if path else ''}): {message}"
+    sources = [
+        f"{field} is from --config {path}" if field in data else f"{field} is the default; {flag_name(field)} sets it"
+        for field in named
+        if field not in overrides
+    ]
+    return (
+        " ".join(flag_text(field, overrides[field]) for field in given)
+        + f": {message}"
+        + (f" ({'; '.join(sources)})" if sources else "")
+    )
 
 
 def set_timesteps(scheduler: DDIMScheduler, steps: int, device: torch.device | None = None) -> None:

@@ -22,7 +22,6 @@ Dtype rule: arithmetic in float64 for float64 samples and in float32 otherwise; 
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Sequence
 from typing import Any, cast
 
@@ -50,11 +49,16 @@ Terms = tuple[tuple[int, int], ...]
 # Per (dtype, device): a 0-d zero (c·t written as torch.add(zero, t, alpha=c) passes c as a scalar
 # argument instead of wrapping it in a tensor) and torch.addr's one-element vector.
 _CONSTANTS: dict[tuple[torch.dtype, torch.device], tuple[torch.Tensor, torch.Tensor]] = {}
+# Memos of _terms and _pairing: plain dicts filled on a miss (dynamo warns on functools.cache-wrapped calls).
+_TERMS: dict[tuple[str, bool, bool, bool], tuple[Terms, Terms]] = {}
+_PAIRINGS: dict[tuple[Terms, Terms], tuple[tuple[tuple[int, int, int], ...], Terms] | None] = {}
 
 
-@functools.cache
 def _terms(prediction_type: str, clipped: bool, use_clipped: bool, noisy: bool) -> tuple[Terms, Terms]:
     """(x̂0 terms, x_s terms), structural zeros left out."""
+    key = (prediction_type, clipped, use_clipped, noisy)
+    if key in _TERMS:
+        return _TERMS[key]
     zeros = STRUCTURAL_ZEROS[prediction_type]
     x0 = [("x0_x", _X), ("x0_m", _M)]
     if not clipped:
@@ -66,7 +70,9 @@ def _terms(prediction_type: str, clipped: bool, use_clipped: bool, noisy: bool) 
     if noisy:
         prev.append(("sigma", _Z))
     index = StepCoefficients._fields.index
-    return tuple(tuple((index(name), source) for name, source in terms if name not in zeros) for terms in (x0, prev))  # type: ignore[return-value]
+    result = tuple(tuple((index(name), source) for name, source in terms if name not in zeros) for terms in (x0, prev))
+    _TERMS[key] = result  # type: ignore[assignment]
+    return _TERMS[key]
 
 
 def _constants(like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -234,15 +240,19 @@ def _device_row(weights: StepCoefficients, like: torch.Tensor) -> DeviceRow:
     return DeviceRow(*columns, *weights[len(WEIGHTS) :])
 
 
-@functools.cache
 def _pairing(terms: tuple[Terms, Terms]) -> tuple[tuple[tuple[int, int, int], ...], Terms] | None:
     """Where x̂0 and x_s combine the same tensors in the same order (x_s may add the noise): per tensor, its
     (x_s weight, x̂0 weight, tensor), then x_s's further terms. None otherwise."""
+    if terms in _PAIRINGS:
+        return _PAIRINGS[terms]
     x0_terms, prev_terms = terms
     shared, extra = prev_terms[: len(x0_terms)], prev_terms[len(x0_terms) :]
     if not x0_terms or [s for _, s in x0_terms] != [s for _, s in shared] or any(s != _Z for _, s in extra):
-        return None
-    return tuple((j, k, s) for (j, s), (k, _) in zip(shared, x0_terms, strict=True)), extra
+        plan = None
+    else:
+        plan = tuple((j, k, s) for (j, s), (k, _) in zip(shared, x0_terms, strict=True)), extra
+    _PAIRINGS[terms] = plan
+    return plan
 
 
 def _paired_step(

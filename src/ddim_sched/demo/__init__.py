@@ -26,16 +26,18 @@ whose optimal denoiser is known exactly (:mod:`ddim_sched.toy`), through this li
 """
 
 from . import digits, figures, flow, gaussian, mixture, paper, roundtrip, schedule_table
-from .common import DemoSettings
+from .common import DemoSettings, Divergence, format_divergences
 from .runner import SECTIONS, DemoResult, format_header, run
 
 __all__ = [
     "SECTIONS",
     "DemoResult",
     "DemoSettings",
+    "Divergence",
     "digits",
     "figures",
     "flow",
+    "format_divergences",
     "format_header",
     "gaussian",
     "mixture",

@@ -25,7 +25,15 @@ from pathlib import Path
 
 import torch
 
-from .common import DEMO_EXTRA, DemoSettings, cpu_threads, demo_scheduler, invert_calls, round_trip_calls
+from .common import (
+    DEMO_EXTRA,
+    DemoSettings,
+    Divergence,
+    cpu_threads,
+    demo_scheduler,
+    invert_calls,
+    round_trip_calls,
+)
 from .digits_experiments import (
     WORSE_SAMPLER_STEPS,
     Interpolation,
@@ -39,7 +47,7 @@ from .digits_experiments import (
     to_unit_mse,
     worse_samplers,
 )
-from .digits_figures import draw_interpolation, draw_sample_grid, mosaic
+from .digits_figures import draw_interpolation, draw_sample_grid, interpolation_figure, mosaic, sample_grid_figure
 from .digits_metric import FeatureFID, Spread, frechet_distance, gaussian_fit
 from .digits_report import format_digits
 from .digits_result import FULL, QUICK, DigitsResult, DigitsSizes
@@ -80,6 +88,7 @@ __all__ = [
     "frechet_distance",
     "gaussian_fit",
     "interpolation",
+    "interpolation_figure",
     "load_digits_data",
     "mosaic",
     "pick_pairs",
@@ -88,6 +97,7 @@ __all__ = [
     "roundtrip_table",
     "run",
     "run_digits",
+    "sample_grid_figure",
     "train_classifier",
     "train_eps_model",
     "worse_samplers",
@@ -110,6 +120,16 @@ class DigitsSection:
     def wall_time(self) -> float:
         """Seconds for the whole run (training included)."""
         return self.result.seconds.get("total", 0.0)
+
+    @property
+    def divergences(self) -> tuple[Divergence, ...]:
+        """The run's inversions that diverged for some samples (the demo summarises them once)."""
+        return self.result.divergences
+
+    @property
+    def files(self) -> tuple[Path, ...]:
+        """The PNGs the run wrote."""
+        return tuple(self.result.figures.values())
 
     def format(self) -> str:
         """The text ``ddim-sched demo`` prints (:func:`format_digits`)."""
@@ -188,7 +208,12 @@ def _metric_checks(
 
 
 def _interpolate(
-    sizes: DigitsSizes, data: DigitsData, model: TrainedModel, classifier: DigitClassifier, phases: _Phases
+    sizes: DigitsSizes,
+    data: DigitsData,
+    model: TrainedModel,
+    classifier: DigitClassifier,
+    phases: _Phases,
+    divergences: list[Divergence],
 ) -> tuple[Interpolation, list[list[int]], float, float]:
     """The slerp paths, the classifier's label per point and its confidence on slerp vs crossfade interiors."""
     start, end = pick_pairs(data, sizes.pairs)
@@ -201,6 +226,7 @@ def _interpolate(
         sizes.points,
         k,
         phases.progress("interpolation", invert_calls(k, sizes.interpolation_steps) + sizes.interpolation_steps),
+        divergences,
     )
     labels, confidence = predicted_labels(classifier, result.decoded)
     _, fade_confidence = predicted_labels(classifier, result.crossfade)
@@ -219,6 +245,7 @@ def _draw(result: DigitsResult, out_dir: Path) -> None:
         result.sizes.per_cell,
         result.worse_samples,
         result.worse_fid,
+        result.spread,
     )
     if not drawn:
         result.figure_note = f"figures skipped: matplotlib is not installed. To draw them: {DEMO_EXTRA}"
@@ -265,11 +292,15 @@ def run_digits(
         phases.lap("sample quality")
         images = data.held_out[: sizes.roundtrip_images]
         calls = round_trip_calls(sizes.roundtrip_steps, sizes.roundtrip_iterations)
+        divergences: list[Divergence] = []
+        progress = phases.progress("round trips", calls)
         roundtrip = roundtrip_table(
-            model, images, sizes.roundtrip_steps, sizes.roundtrip_iterations, phases.progress("round trips", calls)
+            model, images, sizes.roundtrip_steps, sizes.roundtrip_iterations, progress, divergences
         )
         phases.lap("round trips")
-        interpolated, path_labels, slerp_conf, fade_conf = _interpolate(sizes, data, model, classifier, phases)
+        interpolated, path_labels, slerp_conf, fade_conf = _interpolate(
+            sizes, data, model, classifier, phases, divergences
+        )
         phases.lap("interpolation")
     result = DigitsResult(
         sizes,
@@ -290,6 +321,7 @@ def run_digits(
         path_labels,
         slerp_conf,
         fade_conf,
+        tuple(divergences),
     )
     if out_dir is not None:
         _draw(result, Path(out_dir))

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 
 import torch
 
-from .. import DDIMScheduler, invert, sample, slerp
-from .common import demo_scheduler, invert_calls, round_trip_calls, round_trips
+from .. import DDIMScheduler, sample, slerp
+from .common import Divergence, demo_scheduler, invert_and_report, invert_calls, round_trip_calls, round_trips
 from .digits_metric import FeatureFID
 from .digits_train import PIXELS, DigitClassifier, DigitsData, Progress, _report
 
@@ -176,6 +176,7 @@ def roundtrip_table(
     steps: Sequence[int],
     iterations: Sequence[int],
     progress: Progress | None = None,
+    divergences: list[Divergence] | None = None,
 ) -> dict[tuple[int, int], float]:
     """Encode ``images`` with ``ddim_sched.invert`` and decode with the η = 0 loop, per (k, S).
 
@@ -185,12 +186,14 @@ def roundtrip_table(
         steps: S values; encoding and decoding both use S steps.
         iterations: Fixed-point iterations k (``fixed_point_iterations``; 0 is classic DDIM inversion).
         progress: Optional ``progress(done, total)``, one unit per model call.
+        divergences: If given, the inversions that diverged are appended to it (as
+            :class:`~ddim_sched.demo.common.Divergence`) instead of ``invert`` logging a warning per step.
 
     Returns:
         (k, S) → mean squared error per pixel on the [0, 1] scale (as the paper's Table 2).
     """
     tick = _Ticker(progress, round_trip_calls(steps, iterations))
-    decoded = round_trips(model, images, demo_scheduler(), steps, iterations, tick.add)
+    decoded = round_trips(model, images, demo_scheduler(), steps, iterations, tick.add, divergences, "(d2) round trips")
     return {cell: to_unit_mse(out, images) for cell, out in decoded.items()}
 
 
@@ -236,6 +239,7 @@ def interpolation(
     points: int = 9,
     fixed_point_iterations: int = 2,
     progress: Progress | None = None,
+    divergences: list[Divergence] | None = None,
 ) -> Interpolation:
     """Encode two digits per path with ``invert``, slerp the latents (``ddim_sched.slerp``), decode with η = 0.
 
@@ -249,6 +253,7 @@ def interpolation(
         points: K points per path, α = 0, 1/(K−1), ..., 1.
         fixed_point_iterations: k of ``invert``.
         progress: Optional ``progress(done, total)``, one unit per model call.
+        divergences: As for :func:`roundtrip_table`.
 
     Returns:
         An :class:`Interpolation`.
@@ -256,7 +261,8 @@ def interpolation(
     scheduler = demo_scheduler()
     scheduler.set_timesteps(steps)
     tick = _Ticker(progress, invert_calls(fixed_point_iterations, steps) + steps)
-    latents = invert(model, torch.cat([start, end]), scheduler, fixed_point_iterations=fixed_point_iterations)
+    ends = torch.cat([start, end])
+    latents = invert_and_report(model, ends, scheduler, fixed_point_iterations, "(d3) interpolation", divergences)
     tick.add(invert_calls(fixed_point_iterations, steps))
     z0, z1 = latents.chunk(2)
     alphas = torch.linspace(0.0, 1.0, points)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from .common import demo_scheduler
+from .common import DIVERGENCE_DOCS, demo_scheduler
 from .digits_experiments import consistency
 from .digits_result import DigitsResult
 from .paper import PAPER_TABLE2_MSE, paper_fid
@@ -165,7 +165,7 @@ def _roundtrip_lines(result: DigitsResult) -> tuple[list[str], dict[str, str]]:
         "     " + "".ljust(14) + "".join(f"S={S}".rjust(11) for S in steps),
     ]
     for k in iterations:
-        cells = "".join(f"{table[(k, S)]:>10.2e}" + ("!" if table[(k, S)] > scale else " ") for S in steps)
+        cells = "".join(f"{'diverged' if table[(k, S)] > scale else format(table[(k, S)], '.2e'):>10} " for S in steps)
         lines.append("     " + f"k={k}".ljust(14) + cells.rstrip())
     lines.append(
         "     "
@@ -174,9 +174,12 @@ def _roundtrip_lines(result: DigitsResult) -> tuple[list[str], dict[str, str]]:
     )
     diverged = {k: [S for S in steps if table[(k, S)] > scale] for k in iterations}
     if any(diverged.values()):
+        failed = [table[(k, S)] for k in iterations for S in diverged[k]]
+        span = f"{min(failed):.1e}" if len(failed) == 1 else f"{min(failed):.1e} to {max(failed):.1e}"
         lines += [
-            "     '!': worse than a random other digit: the inversion diverged (the plain fixed-point iteration does",
-            "     not contract at these step sizes on this model).",
+            f"     diverged: the round trip ends further from the digit than a random other digit does (MSE {span}",
+            "     per pixel): the fixed-point iteration does not contract at these step sizes on this model (expected;",
+            f"     see the note at the end and {DIVERGENCE_DOCS}).",
         ]
     verdicts = []
     for k in iterations:
@@ -231,9 +234,7 @@ def format_digits(result: DigitsResult) -> str:
     verdicts = {**eta_verdicts, **steps_verdicts, **roundtrip_verdicts}
     summary = "; ".join(f"{claim}: {seen}" for claim, seen in verdicts.items())
     lines.append(f"     The paper's pattern here: {summary}.")
-    if result.figures:
-        lines.append("     figures: " + ", ".join(str(path) for path in result.figures.values()))
-    elif result.figure_note:
+    if result.figure_note:
         lines.append(f"     {result.figure_note}")
     timings = ", ".join(f"{name} {seconds:.1f} s" for name, seconds in result.seconds.items())
     lines.append(f"     wall time: {timings}")

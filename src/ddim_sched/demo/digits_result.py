@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .common import Divergence
 from .digits_experiments import Interpolation, QualityTable
 from .digits_metric import Spread
 from .digits_train import DigitClassifier, DigitsData, TrainedModel
@@ -113,6 +114,8 @@ class DigitsResult:
         interpolation: The slerp paths; path_labels: classifier label per decoded point [P][K].
         slerp_confidence, crossfade_confidence: The classifier's mean confidence on the interior
             points of the decoded slerp paths and of the pixel crossfades.
+        divergences: The inversions (round trips, interpolation) whose fixed-point iteration diverged for
+            some samples at some steps.
         figures: Name → path of each PNG written; figure_note: why figures were not drawn, if not.
         seconds: Wall time per phase and "total".
     """
@@ -135,6 +138,7 @@ class DigitsResult:
     path_labels: list[list[int]]
     slerp_confidence: float
     crossfade_confidence: float
+    divergences: tuple[Divergence, ...] = ()
     figures: dict[str, Path] = dataclasses.field(default_factory=dict)
     figure_note: str | None = None
     seconds: dict[str, float] = dataclasses.field(default_factory=dict)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .common import DemoSettings, demo_scheduler, ring_mixture, round_trip_calls, round_trips
+from .common import DemoSettings, Divergence, demo_scheduler, ring_mixture, round_trip_calls, round_trips
 from .paper import PAPER_TABLE2_MSE
 from .progress import Progress
 
@@ -28,6 +28,7 @@ class RoundTripResult:
         iterations: The k measured.
         n: Data samples encoded.
         wall_time: Seconds the section took.
+        divergences: The inversions whose fixed-point iteration diverged for some samples at some steps.
     """
 
     table: dict[tuple[int, int], float]
@@ -36,6 +37,7 @@ class RoundTripResult:
     n: int
     wall_time: float
     name: str = "roundtrip"
+    divergences: tuple[Divergence, ...] = ()
 
     def falls_with_steps(self, k: int) -> bool:
         """Whether the error falls with S for ``k`` iterations."""
@@ -68,11 +70,13 @@ def roundtrip_table(steps: Sequence[int], iterations: Sequence[int], n: int, set
     generator = torch.Generator().manual_seed(settings.seed + 4)
     x0 = mixture.sample(n, generator=generator, device=settings.device, dtype=settings.dtype)
     bar = Progress("(c) round trips    ", round_trip_calls(steps, iterations), settings.progress)
-    decoded = round_trips(model_fn, x0, scheduler, steps, iterations, bar.update)
+    divergences: list[Divergence] = []
+    decoded = round_trips(model_fn, x0, scheduler, steps, iterations, bar.update, divergences, "(c) round trips")
     # Data in [-1, 1] map to pixels in [0, 1] by x/2 + 1/2: the MSE scales by 1/4.
     table = {cell: float(((out - x0).to(torch.float64) ** 2).mean() / 4) for cell, out in decoded.items()}
     bar.close()
-    return RoundTripResult(table, tuple(steps), tuple(iterations), n, time.perf_counter() - start)
+    seconds = time.perf_counter() - start
+    return RoundTripResult(table, tuple(steps), tuple(iterations), n, seconds, divergences=tuple(divergences))
 
 
 def run(settings: DemoSettings) -> RoundTripResult:

@@ -1,8 +1,9 @@
 """Run the demo's sections in order and collect their results.
 
 A section is a module with ``run(settings) -> result``, where the result has a ``name``, a
-``wall_time`` and a ``format()`` method giving its text. Adding a section is one module and one
-entry in :data:`SECTIONS`.
+``wall_time`` and a ``format()`` method giving its text, and optionally ``divergences`` (the
+inversions that diverged, summarised once at the end) and ``files`` (what it wrote). Adding a
+section is one module and one entry in :data:`SECTIONS`.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import torch
 
 from .. import __version__
 from . import digits, gaussian, mixture, roundtrip
-from .common import DemoSettings, cpu_threads, demo_config
+from .common import DemoSettings, Divergence, cpu_threads, demo_config, format_divergences
 
 
 class SectionResult(Protocol):
@@ -54,9 +55,22 @@ class DemoResult:
     sections: dict[str, Any] = field(default_factory=dict)
     wall_time: float = 0.0
 
+    @property
+    def divergences(self) -> tuple[Divergence, ...]:
+        """Every section's inversions that diverged for some samples, in the order run."""
+        return tuple(d for result in self.sections.values() for d in getattr(result, "divergences", ()))
+
+    @property
+    def files(self) -> tuple[Path, ...]:
+        """The files the sections wrote (the digits figures; the mixture figure is drawn by the caller)."""
+        return tuple(path for result in self.sections.values() for path in getattr(result, "files", ()))
+
     def format(self) -> str:
-        """The whole report: the header, each section's text, the total wall time."""
+        """The whole report: the header, each section's text, the divergence note, the total wall time."""
         parts = [format_header(self.settings)] + [result.format() for result in self.sections.values()]
+        note = format_divergences(self.divergences)
+        if note is not None:
+            parts.append(note)
         return "\n\n".join(parts) + f"\n\ntotal wall time: {self.wall_time:.1f} s"
 
 

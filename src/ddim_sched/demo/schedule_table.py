@@ -69,7 +69,7 @@ def format_csv(rows: list[dict[str, Any]]) -> str:
 
 
 def format_table(scheduler: DDIMScheduler, rows: list[dict[str, Any]], eta: float) -> str:
-    """A readable table with a summary of the configuration; ``*`` marks steps landing off the schedule."""
+    """A readable table with a summary of the configuration and a legend; ``*`` marks steps landing off the schedule."""
     config = scheduler.ddim_config
     alpha_bar = scheduler.alpha_bar
     terminal = float(alpha_bar[-1])
@@ -80,8 +80,7 @@ def format_table(scheduler: DDIMScheduler, rows: list[dict[str, Any]], eta: floa
         f"alpha_bar[0]={float(alpha_bar[0]):.6g}, alpha_bar[T-1]={terminal:.6g} "
         f"(sqrt {math.sqrt(terminal):.6g}, SNR {terminal / (1 - terminal):.6g}), "
         f"alpha_bar after the last step={rows[-1]['alpha_bar_prev']:.6g}",
-        f"S={len(rows)} steps; sigma_noise = sqrt((1-alpha_bar)/alpha_bar) (k-diffusion's sigma); "
-        f"sigma_step = DDIM's eq. 16 sigma at eta={eta:g}",
+        f"S={len(rows)} steps, eta={eta:g}",
         f"{'step':>5} {'t':>5} {'t_prev':>7} {'next':>5}  {'alpha_bar':>11} {'alpha_bar_prev':>14} "
         f"{'SNR':>11} {'sigma_noise':>11} {'sigma_step':>11}",
     ]
@@ -94,6 +93,14 @@ def format_table(scheduler: DDIMScheduler, rows: list[dict[str, Any]], eta: floa
             f"{row['alpha_bar_prev']:>14.5g} {row['snr']:>11.4g} {row['sigma_noise']:>11.4g} "
             f"{row['sigma_step']:>11.4g}{flag}"
         )
+    lines += [
+        "t: the timestep a step starts from; t_prev: the timestep it lands on, where alpha_bar_prev is read "
+        "(-1: past the end);",
+        "next: the timestep the loop visits next (-1: none); SNR = alpha_bar/(1-alpha_bar); "
+        "sigma_noise = sqrt((1-alpha_bar)/alpha_bar) (k-diffusion's sigma);",
+        f"sigma_step: the noise the step adds, DDIM's eq. 16 sigma at eta={eta:g}"
+        + (" (0: deterministic DDIM; --eta 1 gives DDPM's)." if eta == 0 else "."),
+    ]
     if off_schedule:
         lines.append(
             f"* {off_schedule} step(s) land on a timestep other than the next one visited (diffusers' stride rule "

@@ -294,7 +294,9 @@ def invert(
 
         x_next, residual, taken, diverged = _invert_step(forward, x_next, inverse_slopes[i], k, tol, return_report)
         if residual is not None:
-            worst, median = float(residual.max()), float(residual.median())
+            # Read on the host without the autograd graph (x0 may require grad; the report holds plain floats).
+            measured = residual.detach()
+            worst, median = float(measured.max()), float(measured.median())
             if diverged or (tol is not None and worst > tol):
                 logger.warning(
                     "invert: at timestep %s the fixed-point iteration %s: relative residual max %.3g, median %.3g%s",

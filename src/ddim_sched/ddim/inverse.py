@@ -27,23 +27,13 @@ from ..core.step import apply_step
 from ..core.thresholding import X0Clip
 from ..tables.spacing import check_timesteps
 from .base import DDIMSchedulerBase, TimestepsArg
-from .config import DDIMConfig
+from .config import DIFFUSERS_FIELDS, DDIMConfig
 
 _DEPRECATED_ALPHA_KWARG = "set_alpha_to_zero"
-# The constructor options of diffusers' DDIMInverseScheduler; the others appear in config only when changed.
-INVERSE_FIELDS: tuple[str, ...] = (
-    "num_train_timesteps",
-    "beta_start",
-    "beta_end",
-    "beta_schedule",
-    "trained_betas",
-    "clip_sample",
-    "set_alpha_to_one",
-    "steps_offset",
-    "prediction_type",
-    "clip_sample_range",
-    "timestep_spacing",
-    "rescale_betas_zero_snr",
+# The constructor options of diffusers' DDIMInverseScheduler (its DDIMScheduler's, less thresholding, which it
+# ignores); the others appear in config only when changed.
+INVERSE_FIELDS: tuple[str, ...] = tuple(
+    name for name in DIFFUSERS_FIELDS if name not in ("thresholding", "dynamic_thresholding_ratio", "sample_max_value")
 )
 
 

@@ -484,7 +484,8 @@ def timesteps_from_sigmas(
     sigmas: object, alpha_bar: object, *, final_alpha_bar: float | None = None, name: str = "sigmas"
 ) -> np.ndarray:
     """The timesteps a DDIM scheduler visits for a k-diffusion schedule in diffusers' ``sigmas=`` convention:
-    S + 1 levels, strictly decreasing, the S visited and then the level the last step lands on.
+    S + 1 levels, strictly decreasing, the S visited and then the level the last step lands on (which may
+    equal the last visited one when that is the final level: σ_0 then σ of ᾱ_0 with ``set_alpha_to_one=False``).
 
     Each visited σ is mapped by :func:`nearest_timesteps`. A DDIM step always lands on the next visited
     timestep and the last step on the scheduler's final level (ᾱ = 1 with ``set_alpha_to_one``, else ᾱ_0),
@@ -513,8 +514,12 @@ def timesteps_from_sigmas(
             f"got {values.tolist()}"
         )
     steps = np.diff(values)
-    if not np.all(steps < 0):
-        i = int(np.flatnonzero(~(steps < 0))[0])
+    decreasing = steps < 0
+    # The last step may stay put when it lands on the final level (checked below): a schedule that visits
+    # timestep 0 and ends on ᾱ_0 (set_alpha_to_one=False), as the scheduler's own ``sigmas`` lists it.
+    decreasing[-1] |= bool(steps[-1] == 0 and values[-1] != 0)
+    if not np.all(decreasing):
+        i = int(np.flatnonzero(~decreasing)[0])
         raise ValueError(
             f"{name} must be strictly decreasing; got {float(values[i])!r} then {float(values[i + 1])!r} "
             f"at position {i}"
@@ -524,7 +529,7 @@ def timesteps_from_sigmas(
     if final_alpha_bar is not None:
         final_sigma = math.sqrt(max(1.0 - final_alpha_bar, 0.0) / final_alpha_bar) if final_alpha_bar > 0 else math.inf
     if last != 0.0 and not (final_sigma is not None and math.isclose(last, final_sigma, rel_tol=1e-3)):
-        where = "" if final_sigma is None else f" or {final_sigma:.6g}, the sigma of final_alpha_bar"
+        where = "" if not final_sigma else f" or {final_sigma:.6g}, the sigma of final_alpha_bar"
         raise ValueError(
             f"the last of {name} is where the last step lands, which for DDIM is the scheduler's final level: "
             f"it must be 0{where}; got {last!r}"

@@ -24,6 +24,7 @@ from ..core.runtime import compute_dtype
 from ..core.thresholding import ClipMode, X0Clip
 from ..tables.betas import alpha_bar_from_betas, make_betas
 from ..tables.spacing import SPACINGS, check_timesteps, successor_stride, timesteps_from_sigmas
+from .carried_flags import warn_carried_sigma_flags
 from .config import DDIMConfig
 from .plan import NoiseLevels, Schedule
 
@@ -161,6 +162,21 @@ class DDIMSchedulerBase(StepProgress, ConfigSurface, SchedulerMixin):
         return self._config.num_train_timesteps
 
     # ------------------------------------------------------------------ choosing timesteps
+
+    @classmethod
+    def from_config(cls, config: Any = None, return_unused_kwargs: bool = False, **kwargs: Any) -> Any:
+        """Build a scheduler from a diffusers-style config (of any scheduler), with overrides, as diffusers'
+        ``from_config`` does (:meth:`ddim_sched.compat.config_surface.ConfigSurface.from_config`).
+
+        A config that sets one of diffusers' noise-level respacings (``use_karras_sigmas``,
+        ``use_exponential_sigmas``, ``use_beta_sigmas``, ``use_lu_lambdas``) loads as in diffusers, the flag
+        ignored, with one warning on the ``ddim_sched`` logger naming the ``timestep_spacing`` that gives
+        the same grid; passing that spacing (``from_config(config, timestep_spacing="karras")``) takes it.
+        """
+        result = super().from_config(config, return_unused_kwargs, **kwargs)
+        scheduler = result[0] if return_unused_kwargs else result
+        warn_carried_sigma_flags(scheduler.config, scheduler.ddim_config.timestep_spacing, cls.__name__)
+        return result
 
     def _spaced_timesteps(self, num_inference_steps: Any) -> np.ndarray:
         """The config's spacing for S steps, validated, noisiest first."""

@@ -458,25 +458,30 @@ def nearest_timesteps(sigmas: object, alpha_bar: object, *, name: str = "sigmas"
     if finite == 0:
         raise ValueError("alpha_bar has no timestep with alpha_bar > 0")
     lo, hi = float(np.exp(log_table[0])), float(np.exp(log_table[finite - 1]))
-    out = np.empty(values.size, dtype=np.int64)
-    for i, sigma in enumerate(values.tolist()):
-        if math.isnan(sigma) or sigma <= 0:
+    infinite = np.isposinf(values)
+    with np.errstate(invalid="ignore"):
+        nonpositive = np.isnan(values) | (values <= 0)
+        in_range = (values >= lo / (1 + SIGMA_RANGE_RTOL)) & (values <= hi * (1 + SIGMA_RANGE_RTOL))
+    refused = nonpositive | ~(in_range | infinite) | (infinite & (finite == len(log_table)))
+    if refused.any():  # the first offence, in index order
+        i = int(np.flatnonzero(refused)[0])
+        sigma = float(values[i])
+        if nonpositive[i]:
             raise ValueError(f"{name}[{i}] = {sigma!r}: noise levels must be > 0 (only a last 0 ends a schedule)")
-        if math.isinf(sigma):
-            if finite == len(log_table):
-                raise ValueError(
-                    f"{name}[{i}] = inf (alpha_bar = 0) but this alpha_bar table has no zero-SNR timestep; "
-                    f"its largest sigma is {hi:.6g}"
-                )
-            out[i] = finite
-            continue
-        if not lo / (1 + SIGMA_RANGE_RTOL) <= sigma <= hi * (1 + SIGMA_RANGE_RTOL):
+        if infinite[i]:
             raise ValueError(
-                f"{name}[{i}] = {sigma:.6g} lies outside this alpha_bar table's noise levels "
-                f"[{lo:.6g}, {hi:.6g}] (sigma = sqrt((1 - alpha_bar) / alpha_bar))"
+                f"{name}[{i}] = inf (alpha_bar = 0) but this alpha_bar table has no zero-SNR timestep; "
+                f"its largest sigma is {hi:.6g}"
             )
-        position = float(np.interp(math.log(sigma), log_table[:finite], np.arange(finite, dtype=np.float64)))
-        out[i] = int(np.rint(position))
+        raise ValueError(
+            f"{name}[{i}] = {sigma:.6g} lies outside this alpha_bar table's noise levels "
+            f"[{lo:.6g}, {hi:.6g}] (sigma = sqrt((1 - alpha_bar) / alpha_bar))"
+        )
+    out = np.full(values.size, finite, dtype=np.int64)  # σ = ∞: the first timestep with ᾱ = 0
+    levels = ~infinite
+    # Each level's fractional timestep, linear in log σ between neighbouring integer timesteps, rounded.
+    positions = np.interp(np.log(values[levels]), log_table[:finite], np.arange(finite, dtype=np.float64))
+    out[levels] = np.rint(positions).astype(np.int64)
     return out
 
 

@@ -97,6 +97,9 @@ def test_eulers_trailing_karras_spans_only_its_own_range(observe):
     default = DDIMScheduler.from_config(config)
     default.set_timesteps(8)
     assert default.timesteps.tolist() == [999, 874, 749, 624, 499, 374, 249, 124]  # trailing, the flag ignored
+    # Euler's own levels, given as sigmas, visit the nearest timesteps to its fractional ones.
+    ours.set_timesteps(sigmas=euler.sigmas)
+    assert ours.timesteps.tolist() == np.rint(euler.timesteps.numpy()).astype(np.int64).tolist()
 
 
 def test_one_warning_for_several_flags_each_class_and_from_mapping(warnings_logged):

@@ -116,6 +116,9 @@ def test_one_warning_for_several_flags_each_class_and_from_mapping(warnings_logg
     parsed = DDIMConfig.from_mapping(config)
     assert parsed.timestep_spacing == "linspace" and len(ddim_warnings(warnings_logged)) == 3
     assert ddim_warnings(warnings_logged)[-1].startswith("DDIMConfig: ")
+    scheduler, unused = DDIMScheduler.from_config(config, return_unused_kwargs=True)
+    assert isinstance(scheduler, DDIMScheduler) and unused == {}
+    assert len(ddim_warnings(warnings_logged)) == 4
 
 
 def test_no_warning_without_a_flag_or_when_the_spacing_is_already_its_own(warnings_logged):

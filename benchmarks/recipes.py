@@ -11,7 +11,12 @@ same work plus one fused pass over the latents (the direction-term correction) a
 the step's weight. Prints per case the best-round time per call of each (10th percentile, interleaved
 rounds: ``benchmarks/common.py``), the ratio CFG++ / CFG, and the ratio of the extra time to one fused
 read-2-write-1 pass over the latents (``torch.add(x, m, out=buf)``), the extra arithmetic's floor.
-Also times ``timesteps_from_sigmas`` on Align Your Steps' 10 levels, and a registered spacing, per call.
+Then ``set_timesteps`` per call on SD's table: a plain one (``set_timesteps(S)``, leading spacing), one
+from Align Your Steps' sigmas (``set_timesteps(sigmas=ays_sigmas("sd15", S))``, as a pipeline passes them
+through ``retrieve_timesteps``: a list of floats) and one by the ``ays_sd15`` spacing (``set_timesteps(S)``),
+each with the ratio to the plain call, and diffusers' ``EulerDiscreteScheduler.set_timesteps(sigmas=...)`` on
+the same list and its ``DDIMScheduler.set_timesteps(S)`` as references from the same process. Also the pure
+functions alone: ``timesteps_from_sigmas`` on AYS's 10 levels and the ``ays_sd15`` spacing at S = 25.
 """
 
 from __future__ import annotations
@@ -83,6 +88,34 @@ def table_case(rounds):
     return timer.best("sigmas"), timer.best("ays")
 
 
+def set_timesteps_case(steps, rounds):
+    """Seconds per set_timesteps call: {"plain", "sigmas", "ays spacing", "diffusers euler sigmas",
+    "diffusers ddim plain"} at S = steps on SD's table, timed in interleaved rounds."""
+    import warnings
+
+    import diffusers
+
+    plain = ddim_sched.DDIMScheduler(**SD_CONFIG, clip_sample=False)
+    by_sigmas = ddim_sched.DDIMScheduler(**SD_CONFIG, clip_sample=False)
+    by_spacing = ddim_sched.DDIMScheduler(**SD_CONFIG, clip_sample=False, timestep_spacing="ays_sd15")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        euler = diffusers.EulerDiscreteScheduler(**{k: v for k, v in SD_CONFIG.items() if k != "set_alpha_to_one"})
+        ddim = diffusers.DDIMScheduler(**SD_CONFIG, clip_sample=False)
+    sigmas = ays.ays_sigmas("sd15", steps).tolist()  # what a pipeline passes
+    timer = Timer(rounds=rounds)
+    timer.run(
+        {
+            "plain": lambda: plain.set_timesteps(steps),
+            "sigmas": lambda: by_sigmas.set_timesteps(sigmas=sigmas),
+            "ays spacing": lambda: by_spacing.set_timesteps(steps),
+            "diffusers euler sigmas": lambda: euler.set_timesteps(sigmas=sigmas),
+            "diffusers ddim plain": lambda: ddim.set_timesteps(steps),
+        }
+    )
+    return {name: timer.best(name) for name in timer.samples}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="3 rounds instead of 7")
@@ -106,6 +139,19 @@ def main() -> None:
                     f"| {label} | {str(dtype).removeprefix('torch.')} | {eta:g} | {fmt_us(plain)} | {fmt_us(plus)} "
                     f"| {plus / plain:.2f} | {(plus - plain) / floor:.2f} |"
                 )
+    print()
+    print(
+        "| S | set_timesteps(S) µs | sigmas=AYS µs | ratio | ays_sd15 spacing µs | ratio "
+        "| diffusers Euler sigmas=AYS µs | diffusers DDIM set_timesteps(S) µs |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
+    for steps in (10, 25, 50):
+        t = set_timesteps_case(steps, rounds)
+        print(
+            f"| {steps} | {fmt_us(t['plain'])} | {fmt_us(t['sigmas'])} | {t['sigmas'] / t['plain']:.2f} "
+            f"| {fmt_us(t['ays spacing'])} | {t['ays spacing'] / t['plain']:.2f} "
+            f"| {fmt_us(t['diffusers euler sigmas'])} | {fmt_us(t['diffusers ddim plain'])} |"
+        )
     sigmas, ays_spacing = table_case(rounds)
     print()
     print(f"timesteps_from_sigmas (AYS SD 1.5, 10 levels): {fmt_us(sigmas)} µs per call")

@@ -132,7 +132,10 @@ def test_configs_load_without_warnings_in_both_directions(ddim_warnings, caplog)
         diffusers.DDIMScheduler.from_config(ours.config)
         sd15 = diffusers.PNDMScheduler(beta_schedule="scaled_linear", skip_prk_steps=True, steps_offset=1).config
         DDIMScheduler.from_config(sd15)
-        DDIMScheduler.from_config(diffusers.EulerDiscreteScheduler(use_karras_sigmas=True).config)
+        # (a respacing flag warns unless its spacing is taken: tests/ddim/test_carried_flags.py)
+        DDIMScheduler.from_config(
+            diffusers.EulerDiscreteScheduler(use_karras_sigmas=True).config, timestep_spacing="karras"
+        )
         quiet = [r for r in caplog.records if r.levelno >= logging.WARNING]
         assert quiet == [], [r.getMessage() for r in quiet]
         diffusers.DDIMScheduler.from_config(DDIMScheduler(snr_shift_scale=3.0).config)  # changes behaviour: warns

@@ -76,11 +76,11 @@ def test_device_argument():
 @pytest.mark.parametrize(
     "kwargs, error, match",
     [
-        ({}, ValueError, "exactly one of num_inference_steps and timesteps"),
+        ({}, ValueError, "exactly one of num_inference_steps, timesteps and sigmas"),
         (
             {"num_inference_steps": 7, "timesteps": CUSTOM},
             ValueError,
-            "exactly one of num_inference_steps and timesteps",
+            "exactly one of num_inference_steps, timesteps and sigmas",
         ),
         ({"timesteps": [10, 500, 20]}, ValueError, "strictly decreasing; got 10 then 500 at position 0"),
         ({"timesteps": [900, 500, 500, 20]}, ValueError, "must not repeat a timestep; got 500 at positions 1 and 2"),

@@ -23,6 +23,8 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 SD = sd_loop.SD_SCHEDULER_CONFIG
 STEPS = 10
+# Align Your Steps' published 10-step SD 1.5 timesteps (docs/reference.md (align your steps)).
+AYS_SD15_TIMESTEPS = [999, 850, 736, 645, 545, 455, 343, 233, 124, 24]
 
 # case -> (scheduler config overrides, pipeline kwargs, one generator per image?)
 SD_CASES = {
@@ -177,9 +179,30 @@ def test_signature_inspection_that_pipelines_do(tiny_sd, observe):
         observe("diffusers' DDIMScheduler accepted custom timesteps")
     except ValueError as err:
         observe(f"diffusers' DDIMScheduler with custom timesteps: {err}")
-    # neither has `sigmas`
-    with pytest.raises(ValueError, match="does not support custom sigmas"):
-        retrieve_timesteps(pipe.scheduler, sigmas=[1.0, 0.5])
+    # accept_sigmas, likewise: k-diffusion levels to the nearest timesteps (docs/recipes.md)
+    timesteps, steps = retrieve_timesteps(pipe.scheduler, sigmas=ddim_sched.ays.ays_sigmas("sd15", 10))
+    assert timesteps.tolist() == AYS_SD15_TIMESTEPS and steps == 10
+    try:
+        retrieve_timesteps(diffusers.DDIMScheduler(**SD), sigmas=[1.0, 0.5, 0.0])
+        observe("diffusers' DDIMScheduler accepted custom sigmas")
+    except ValueError as err:
+        observe(f"diffusers' DDIMScheduler with custom sigmas: {err}")
+
+
+def test_sigmas_through_the_pipeline(tiny_sd):
+    # pipe(sigmas=Align Your Steps' SD 1.5 levels) runs the published timesteps (docs/reference.md (align your
+    # steps)): the same images as pipe(timesteps=that list), and not those of the default 10 steps.
+    pipe = stable_diffusion_pipeline(tiny_sd.unet, tiny_sd.vae, ddim_sched.DDIMScheduler(**SD))
+    by_sigmas = sd_call(tiny_sd, "latent", False, sigmas=ddim_sched.ays.ays_sigmas("sd15", 10).tolist())(pipe)
+    assert pipe.scheduler.timesteps.tolist() == AYS_SD15_TIMESTEPS
+    by_timesteps = sd_call(tiny_sd, "latent", False, timesteps=AYS_SD15_TIMESTEPS)(pipe)
+    assert torch.equal(by_sigmas, by_timesteps)
+    assert rel_l2(by_sigmas, sd_call(tiny_sd, "latent", False)(pipe)) > 1e-3
+    # diffusers' own 3-decimal list (AysSchedules) maps within one timestep of the published one.
+    from diffusers.schedulers.scheduling_utils import AysSchedules
+
+    sd_call(tiny_sd, "latent", False, sigmas=AysSchedules["StableDiffusionSigmas"])(pipe)
+    assert np.abs(pipe.scheduler.timesteps.numpy() - np.array(AYS_SD15_TIMESTEPS)).max() <= 1
 
 
 def test_custom_timesteps_through_the_pipeline(tiny_sd, parity):

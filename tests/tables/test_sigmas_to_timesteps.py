@@ -91,6 +91,19 @@ def test_the_set_timesteps_convention():
         spacing.timesteps_from_sigmas([14.6, 14.599, 0.0], alpha_bar)
 
 
+def test_a_last_step_onto_the_final_level_may_stay_put():
+    # Visiting timestep 0 with set_alpha_to_one=False ends on ᾱ_0 again: the last level repeats the one before.
+    alpha_bar = DDIMScheduler(**SD).alpha_bar
+    sigma = sigmas_of(alpha_bar)
+    final = float(alpha_bar[0])
+    levels = [sigma[500], sigma[0], sigma[0]]
+    assert spacing.timesteps_from_sigmas(levels, alpha_bar, final_alpha_bar=final).tolist() == [500, 0]
+    with pytest.raises(ValueError, match="must be 0; got"):  # without that final level it is no end point
+        spacing.timesteps_from_sigmas(levels, alpha_bar)
+    with pytest.raises(ValueError, match="strictly decreasing"):  # and only the last step may stay put
+        spacing.timesteps_from_sigmas([sigma[500], sigma[500], 0.0], alpha_bar, final_alpha_bar=final)
+
+
 @pytest.mark.parametrize("key", ["StableDiffusionSigmas", "StableDiffusionXLSigmas"])
 def test_rounding_diffusers_euler_fractional_timesteps_gives_ours(key):
     # diffusers' EulerDiscreteScheduler.set_timesteps(sigmas=...) interpolates each σ to a fractional

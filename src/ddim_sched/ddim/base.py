@@ -23,11 +23,13 @@ from ..compat.scheduler_mixin import SchedulerMixin
 from ..core.runtime import compute_dtype
 from ..core.thresholding import ClipMode, X0Clip
 from ..tables.betas import alpha_bar_from_betas, make_betas
-from ..tables.spacing import SPACINGS, check_timesteps, successor_stride
+from ..tables.spacing import SPACINGS, check_timesteps, successor_stride, timesteps_from_sigmas
+from .carried_flags import warn_carried_sigma_flags
 from .config import DDIMConfig
 from .plan import NoiseLevels, Schedule
 
 TimestepsArg = Sequence[int] | np.ndarray | torch.Tensor
+SigmasArg = Sequence[float] | np.ndarray | torch.Tensor
 # The DDIM schedulers defined in this package (filled as their classes are defined): they share one config.
 _DDIM_FAMILY: list[type] = []
 
@@ -161,6 +163,21 @@ class DDIMSchedulerBase(StepProgress, ConfigSurface, SchedulerMixin):
 
     # ------------------------------------------------------------------ choosing timesteps
 
+    @classmethod
+    def from_config(cls, config: Any = None, return_unused_kwargs: bool = False, **kwargs: Any) -> Any:
+        """Build a scheduler from a diffusers-style config (of any scheduler), with overrides, as diffusers'
+        ``from_config`` does (:meth:`ddim_sched.compat.config_surface.ConfigSurface.from_config`).
+
+        A config that sets one of diffusers' noise-level respacings (``use_karras_sigmas``,
+        ``use_exponential_sigmas``, ``use_beta_sigmas``, ``use_lu_lambdas``) loads as in diffusers, the flag
+        ignored, with one warning on the ``ddim_sched`` logger naming the ``timestep_spacing`` that gives
+        the same grid; passing that spacing (``from_config(config, timestep_spacing="karras")``) takes it.
+        """
+        result = super().from_config(config, return_unused_kwargs, **kwargs)
+        scheduler = result[0] if return_unused_kwargs else result
+        warn_carried_sigma_flags(scheduler.config, scheduler.ddim_config.timestep_spacing, cls.__name__)
+        return result
+
     def _spaced_timesteps(self, num_inference_steps: Any) -> np.ndarray:
         """The config's spacing for S steps, validated, noisiest first."""
         config = self._config
@@ -177,19 +194,37 @@ class DDIMSchedulerBase(StepProgress, ConfigSurface, SchedulerMixin):
             )
         return check_timesteps(raw, T, f"{config.timestep_spacing} timesteps")
 
+    def _timesteps_of_sigmas(self, sigmas: SigmasArg) -> np.ndarray:
+        """The S timesteps to visit for k-diffusion sigmas (S + 1 levels σ = √((1 − ᾱ)/ᾱ), the last 0 or σ of
+        the final level), each the nearest in log σ, noisiest first.
+
+        Nearest, not interpolated: a DDIM timestep is an integer that indexes the ᾱ table and is what the
+        model is called with, so a level between two timesteps is taken at the nearer one.
+        """
+        levels = self._levels
+        visited = timesteps_from_sigmas(sigmas, levels.alpha_bar, final_alpha_bar=levels.final_alpha_bar)
+        return check_timesteps(visited, len(levels), "the timesteps of sigmas")
+
     def _plan(
-        self, num_inference_steps: int | None, timesteps: TimestepsArg | None, device: str | torch.device | None
+        self,
+        num_inference_steps: int | None,
+        timesteps: TimestepsArg | None,
+        device: str | torch.device | None,
+        sigmas: SigmasArg | None = None,
     ) -> Schedule:
-        """The sampling schedule (noisiest first) for S steps or custom timesteps, validated."""
-        if (num_inference_steps is None) == (timesteps is None):
-            raise ValueError(
-                "set_timesteps needs exactly one of num_inference_steps and timesteps; got "
-                f"num_inference_steps={num_inference_steps!r} and timesteps={timesteps!r}"
-            )
+        """The sampling schedule (noisiest first) for S steps, custom timesteps or k-diffusion sigmas, validated."""
+        given = {"num_inference_steps": num_inference_steps, "timesteps": timesteps, "sigmas": sigmas}
+        chosen = {name: value for name, value in given.items() if value is not None}
+        if len(chosen) != 1:
+            got = " and ".join(f"{name}={value!r}" for name, value in chosen.items()) or "none of them"
+            raise ValueError(f"set_timesteps needs exactly one of num_inference_steps, timesteps and sigmas; got {got}")
         config = self._config
         T = config.num_train_timesteps
+        stride = None  # custom timesteps and sigmas step along themselves
         if timesteps is not None:
-            visited, stride = check_timesteps(timesteps, T, "timesteps"), None
+            visited = check_timesteps(timesteps, T, "timesteps")
+        elif sigmas is not None:
+            visited = self._timesteps_of_sigmas(sigmas)
         else:
             visited = self._spaced_timesteps(num_inference_steps)
             stride = successor_stride(config.prev_timestep_rule, config.timestep_spacing, T, len(visited))

@@ -15,6 +15,7 @@ from ..compat.config_surface import COMPATIBLE_KEYS
 from ..core.update import VP_PREDICTION_TYPES, PredictionType
 from ..tables.betas import BETA_SCHEDULES
 from ..tables.spacing import SPACINGS
+from .carried_flags import warn_carried_sigma_flags
 
 logger = logging.getLogger("ddim_sched")
 
@@ -166,7 +167,9 @@ class DDIMConfig(FrozenConfig):
 
         Keys starting with ``_`` (``_class_name``, ``_diffusers_version``, ...) and options of
         DDIM-compatible diffusers schedulers (e.g. PNDM's ``skip_prk_steps``) are dropped silently; other
-        unknown keys are dropped with one logged warning that names them.
+        unknown keys are dropped with one logged warning that names them. A noise-level respacing flag set
+        True (``use_karras_sigmas``, ...) is dropped too, with one warning naming the ``timestep_spacing``
+        that gives its grid (pass that spacing to take it).
         """
         if not isinstance(mapping, Mapping):
             raise TypeError(f"config must be a mapping or DDIMConfig; got {type(mapping).__name__}")
@@ -179,4 +182,6 @@ class DDIMConfig(FrozenConfig):
             logger.warning(
                 "DDIMScheduler config: ignoring keys that are not DDIM options: %s", ", ".join(map(str, unknown))
             )
-        return cls(**{k: v for k, v in merged.items() if k in known})
+        config = cls(**{k: v for k, v in merged.items() if k in known})
+        warn_carried_sigma_flags(merged, config.timestep_spacing, "DDIMConfig")
+        return config

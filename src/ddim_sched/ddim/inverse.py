@@ -26,7 +26,7 @@ from ..compat.scheduler_mixin import SchedulerMixin  # noqa: F401  (diffusers' p
 from ..core.step import apply_step
 from ..core.thresholding import X0Clip
 from ..tables.spacing import check_timesteps
-from .base import DDIMSchedulerBase, TimestepsArg
+from .base import DDIMSchedulerBase, SigmasArg, TimestepsArg
 from .config import DIFFUSERS_FIELDS, DDIMConfig
 
 _DEPRECATED_ALPHA_KWARG = "set_alpha_to_zero"
@@ -113,8 +113,10 @@ class DDIMInverseScheduler(DDIMSchedulerBase):
         num_inference_steps: int | None = None,
         device: str | torch.device | None = None,
         timesteps: TimestepsArg | None = None,
+        sigmas: SigmasArg | None = None,
     ) -> None:
-        """Choose the timesteps to visit, ascending: the DDIMScheduler's for the same config, reversed.
+        """Choose the timesteps to visit, ascending: the DDIMScheduler's for the same config and arguments,
+        reversed. Pass exactly one of ``num_inference_steps``, ``timesteps`` and ``sigmas``.
 
         Args:
             num_inference_steps: S, 1 <= S <= num_train_timesteps; the config's ``timestep_spacing`` picks
@@ -122,19 +124,30 @@ class DDIMInverseScheduler(DDIMSchedulerBase):
             device: Where to put :attr:`timesteps`.
             timesteps: A custom strictly increasing sequence in [0, T) instead of S; each step then starts
                 from the previous timestep of the sequence (the clean sample before the first).
+            sigmas: The k-diffusion schedule of the sampling that will decode (S + 1 levels, noisiest first,
+                the last 0), as :meth:`DDIMScheduler.set_timesteps` takes it: its timesteps (each the nearest
+                in log σ), visited in reverse.
 
         Raises:
-            ValueError: Neither or both of num_inference_steps and timesteps; S out of range; a schedule
-                pushed past T by steps_offset; a custom sequence out of range, repeated or not increasing.
-            TypeError: num_inference_steps is not an int, or timesteps are not integers.
+            ValueError: Not exactly one of num_inference_steps, timesteps and sigmas; S out of range; a
+                schedule pushed past T by steps_offset; a custom sequence out of range, repeated or not
+                increasing; sigmas that :meth:`DDIMScheduler.set_timesteps` refuses.
+            TypeError: num_inference_steps is not an int, timesteps are not integers, or sigmas are not
+                real numbers.
         """
-        if timesteps is not None and num_inference_steps is None:
+        if timesteps is not None and num_inference_steps is None and sigmas is None:
             ascending = check_timesteps(timesteps, self._config.num_train_timesteps, "timesteps", increasing=True)
             schedule = self._plan(None, ascending[::-1].copy(), None).reversed(device)
         else:
-            schedule = self._plan(num_inference_steps, timesteps, None).reversed(device)
+            schedule = self._plan(num_inference_steps, timesteps, None, sigmas).reversed(device)
         self.timesteps = schedule.tensor
-        self._install(schedule, {"num_inference_steps": num_inference_steps, "device": device, "timesteps": timesteps})
+        request = {
+            "num_inference_steps": num_inference_steps,
+            "device": device,
+            "timesteps": timesteps,
+            "sigmas": sigmas,
+        }
+        self._install(schedule, request)
 
     # ------------------------------------------------------------------ the step
 

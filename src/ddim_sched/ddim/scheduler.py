@@ -13,7 +13,7 @@ from ..compat.scheduler_mixin import SchedulerMixin  # noqa: F401  (diffusers' p
 from ..core.noise import Generator
 from ..core.step import apply_step, check_out
 from ..core.update import StepCoefficients, snr_ratio
-from .base import DDIMSchedulerBase, TimestepsArg
+from .base import DDIMSchedulerBase, SigmasArg, TimestepsArg
 
 StepResult = DDIMSchedulerOutput | tuple[torch.Tensor, torch.Tensor]
 
@@ -49,8 +49,12 @@ class DDIMScheduler(DDIMSchedulerBase):
         num_inference_steps: int | None = None,
         device: str | torch.device | None = None,
         timesteps: TimestepsArg | None = None,
+        sigmas: SigmasArg | None = None,
     ) -> None:
         """Choose the timesteps to visit; call before sampling. Work and memory are O(S).
+
+        Pass exactly one of ``num_inference_steps``, ``timesteps`` and ``sigmas`` (diffusers' pipelines pass
+        ``timesteps=`` or ``sigmas=`` alone through ``retrieve_timesteps``).
 
         Args:
             num_inference_steps: S, the number of steps, 1 <= S <= num_train_timesteps; the config's
@@ -58,18 +62,35 @@ class DDIMScheduler(DDIMSchedulerBase):
             device: Where to put :attr:`timesteps` (the step's tables follow the sample's device).
             timesteps: A custom strictly decreasing sequence of timesteps in [0, T) instead of S. Each
                 step then lands on the next timestep of this sequence.
+            sigmas: A k-diffusion schedule instead (diffusers' ``sigmas=``, e.g. Align Your Steps'
+                ``ddim_sched.ays.ays_sigmas("sd15", 10)``): S + 1 strictly decreasing noise levels
+                σ = √((1 − ᾱ)/ᾱ), the S to visit and then 0 (or σ of ``final_alpha_cumprod``), where the
+                last step lands. Each visited σ becomes the training timestep nearest in log σ (a timestep
+                indexes ᾱ and is what the model is called with, so it is an integer; :attr:`sigmas` then
+                reads the levels actually visited), and each step lands on the next of them, as with
+                custom timesteps. A list, numpy array or tensor; σ = ∞ is the ᾱ = 0 timestep of a
+                zero-terminal-SNR table.
 
         Raises:
-            ValueError: Neither or both of num_inference_steps and timesteps; S out of range; a leading
-                schedule pushed past T by steps_offset; a bad custom sequence; or a schedule that visits a
-                timestep with ᾱ = 0 (zero terminal SNR with trailing/linspace spacing) while
+            ValueError: Not exactly one of num_inference_steps, timesteps and sigmas (the message names
+                those given); S out of range; a leading schedule pushed past T by steps_offset; a bad custom
+                sequence; sigmas that are not decreasing, that lie outside the table's noise levels, end
+                elsewhere than the final level, or put two levels on one timestep; or a schedule that visits
+                a timestep with ᾱ = 0 (zero terminal SNR with trailing/linspace spacing) while
                 prediction_type is "epsilon", where x̂0 = (x − √(1−ᾱ)ε)/√ᾱ is undefined.
-            TypeError: num_inference_steps is not an int, or timesteps are not integers.
+            TypeError: num_inference_steps is not an int, timesteps are not integers, or sigmas are not
+                real numbers.
         """
-        schedule = self._plan(num_inference_steps, timesteps, device)
+        schedule = self._plan(num_inference_steps, timesteps, device, sigmas)
         self._levels.check_defined(int(schedule.timesteps.max()), self._config.prediction_type)
         self.timesteps = schedule.tensor
-        self._install(schedule, {"num_inference_steps": num_inference_steps, "device": device, "timesteps": timesteps})
+        request = {
+            "num_inference_steps": num_inference_steps,
+            "device": device,
+            "timesteps": timesteps,
+            "sigmas": sigmas,
+        }
+        self._install(schedule, request)
 
     # ------------------------------------------------------------------ the step
 

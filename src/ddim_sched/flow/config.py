@@ -37,7 +37,8 @@ class FlowMatchDDIMConfig(FrozenConfig):
     """Configuration of a flow-matching DDIM scheduler, validated on construction.
 
     The first 14 fields are diffusers' ``FlowMatchEulerDiscreteScheduler`` arguments with the same
-    defaults and meaning; ``eta`` is ddim_sched's.
+    defaults and meaning; ``eta``, the two respacings after it and ``shift_once`` are ddim_sched's (in
+    ``config`` only when set).
 
     Args:
         num_train_timesteps: T; a timestep is σ·T (σ = 1 is pure noise).
@@ -50,12 +51,21 @@ class FlowMatchDDIMConfig(FrozenConfig):
         shift_terminal: Stretch each schedule so that its last level is this value, in (0, 1);
             None (or 0, as diffusers treats it) is off.
         use_karras_sigmas, use_exponential_sigmas, use_beta_sigmas: Respace each schedule between its
-            first and last level (at most one of them).
+            first and last level (at most one of these and the two respacing extensions below).
         time_shift_type: ``"exponential"`` or ``"linear"``: the form of the dynamic shift.
         stochastic_sampling: diffusers' stochastic sampler: each step re-noises x̂0 completely,
             x_s = (1 − σ_s)·x̂0 + σ_s·z (the η → ∞ end of the DDIM family). Not with ``eta``.
         eta: η >= 0 of every step that is not given one: 0 is DDIM (diffusers' Euler step), 1 is the
             DDPM posterior's noise. ddim_sched extension.
+        use_kl_optimal_sigmas: Respace each schedule uniformly in atan σ between its first and last level
+            (the KL-optimal schedule of Sabour et al. 2024; ComfyUI's ``kl_optimal``). ddim_sched extension.
+        use_linear_quadratic_sigmas: Replace each schedule by Mochi's linear-quadratic levels below its first
+            level (ComfyUI's ``linear_quadratic``, τ = 0.025; the last level is not used). ddim_sched extension.
+        shift_once: Apply the static shift once to the default schedule. diffusers takes the default
+            schedule's range from its training table, which is already shifted, and shifts again (so SD3's
+            shift 3 at S = T ends at 0.0089, not the table's 0.0030); False reproduces that, True spaces the
+            unshifted levels 1 … 1/T and shifts them once (S = T then gives the training table). Custom
+            sigmas or timesteps and the dynamic shift are shifted once either way. ddim_sched extension.
 
     Raises:
         ValueError: A value out of range, several sigma respacings, an unknown time_shift_type (the message
@@ -78,8 +88,11 @@ class FlowMatchDDIMConfig(FrozenConfig):
     time_shift_type: str = "exponential"
     stochastic_sampling: bool = False
     eta: float = 0.0
+    use_kl_optimal_sigmas: bool = False
+    use_linear_quadratic_sigmas: bool = False
+    shift_once: bool = False
 
-    # The fields diffusers' FlowMatchEulerDiscreteScheduler has; ``eta`` appears in ``config`` only when set.
+    # The fields diffusers' FlowMatchEulerDiscreteScheduler has; the extensions appear in ``config`` only when set.
     visible_fields: ClassVar[tuple[str, ...]] = DIFFUSERS_FLOW_FIELDS
 
     def __post_init__(self) -> None:
@@ -88,7 +101,7 @@ class FlowMatchDDIMConfig(FrozenConfig):
 
         put("num_train_timesteps", check_int("num_train_timesteps", self.num_train_timesteps, 1))
         put("shift", check_real("shift", self.shift, 0.0, strict=True))
-        flags = ("use_dynamic_shifting", "invert_sigmas", "stochastic_sampling", *SIGMA_SCHEDULES)
+        flags = ("use_dynamic_shifting", "invert_sigmas", "stochastic_sampling", "shift_once", *SIGMA_SCHEDULES)
         for name in flags:
             put(name, check_flag(name, getattr(self, name)))
         for name in ("base_shift", "max_shift"):

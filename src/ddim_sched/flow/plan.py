@@ -241,7 +241,8 @@ def plan_schedule(
     device: str | torch.device | None = None,
 ) -> FlowSchedule:
     """The schedule ``set_timesteps`` chooses, validated: S base levels (``sigmas``, or ``timesteps``/T, or
-    evenly spaced over ``sigma_range`` = (σ_max, σ_min)), through :func:`~ddim_sched.tables.flow_sigmas.flow_sigmas`.
+    evenly spaced over ``sigma_range`` = (σ_max, σ_min), diffusers' range; with ``config.shift_once`` and a
+    static shift, over the unshifted 1 … 1/T), through :func:`~ddim_sched.tables.flow_sigmas.flow_sigmas`.
 
     Raises:
         ValueError, TypeError: As :meth:`FlowMatchDDIMScheduler.set_timesteps` documents.
@@ -257,8 +258,12 @@ def plan_schedule(
         base = custom_sigmas
     elif custom_t is not None:
         base = check_levels("timesteps / num_train_timesteps", custom_t.astype(np.float64) / T)
+    elif config.shift_once and not config.use_dynamic_shifting:
+        # The training table's timesteps T … 1 before its shift, which the static shift below then applies once.
+        base = np.linspace(T, 1, count) / T
     else:
-        # The range comes from diffusers' float32 training table, whose top level can round above 1.
+        # diffusers' range: its float32 training table (statically shifted already, so the default schedule is
+        # shifted twice), whose top level can round above 1.
         base = np.minimum(np.linspace(sigma_range[0] * T, sigma_range[1] * T, count) / T, 1.0)
     if config.shift_terminal and base[-1] == 1:  # stretching divides by 1 − (the last level)
         raise ValueError(

@@ -16,7 +16,14 @@ shift_terminal τ      σ ← 1 − (1 − σ)·(1 − τ)/(1 − σ_last)      
 karras (ρ = 7)        (σ_max^{1/ρ} + r·(σ_min^{1/ρ} − σ_max^{1/ρ}))^ρ, r = 0..1 (Karras et al. 2022)
 exponential           exp(linspace(log σ_max, log σ_min))
 beta (α = β = 0.6)    σ_min + F⁻¹(1 − r)·(σ_max − σ_min), F the Beta(0.6, 0.6) CDF (Lee et al. 2024)
+kl_optimal            tan((1 − r)·atan σ_max + r·atan σ_min) (Sabour et al. 2024; ComfyUI's ``kl_optimal``)
+linear_quadratic      σ_max·(1 − x_i), Mochi's linear-then-quadratic x (Genmo 2024; σ_min is not used)
 ====================  ==================================================================================
+
+diffusers offers the first three respacings (``use_karras_sigmas``, ...); ``kl_optimal`` and
+``linear_quadratic`` are ddim_sched's, with flags of the same form. The DDIM spacings that need an ᾱ
+table or σ → ∞ (``logsnr``: log-SNR is infinite at σ = 1; the Align Your Steps presets, made for SD's
+table) or that are the flow default already (the timestep-axis ``normal``, ``simple``) are not offered.
 
 The respacings are the σ grids of :mod:`ddim_sched.tables.sigma_grids`, shared with the DDIM spacings.
 """
@@ -30,7 +37,13 @@ from typing import TypeVar
 import numpy as np
 import torch
 
-from .sigma_grids import beta_sigmas, exponential_sigmas, karras_sigmas
+from .sigma_grids import (
+    beta_sigmas,
+    exponential_sigmas,
+    karras_sigmas,
+    kl_optimal_sigmas,
+    linear_quadratic_sigmas,
+)
 
 # Levels as a numpy array or a tensor: the elementwise formulas take either.
 Levels = TypeVar("Levels", np.ndarray, torch.Tensor)
@@ -76,11 +89,18 @@ def stretch_to_terminal(sigmas: Levels, terminal: float) -> Levels:
     return 1 - one_minus * (1 - terminal) / one_minus[-1]
 
 
-# The option that turns each conversion on -> (σ_min, σ_max, n) ↦ n levels.
+def _linear_quadratic(sigma_min: float, sigma_max: float, n: int) -> np.ndarray:
+    """Mochi's n levels from σ_max (σ_min unused: the schedule ends where its quadratic puts it)."""
+    return linear_quadratic_sigmas(sigma_max, n)
+
+
+# The option that turns each conversion on -> (σ_min, σ_max, n) ↦ n levels: diffusers' three, then ddim_sched's.
 SIGMA_SCHEDULES: dict[str, Callable[[float, float, int], np.ndarray]] = {
     "use_karras_sigmas": karras_sigmas,
     "use_exponential_sigmas": exponential_sigmas,
     "use_beta_sigmas": beta_sigmas,
+    "use_kl_optimal_sigmas": kl_optimal_sigmas,
+    "use_linear_quadratic_sigmas": _linear_quadratic,
 }
 
 

@@ -458,25 +458,30 @@ def nearest_timesteps(sigmas: object, alpha_bar: object, *, name: str = "sigmas"
     if finite == 0:
         raise ValueError("alpha_bar has no timestep with alpha_bar > 0")
     lo, hi = float(np.exp(log_table[0])), float(np.exp(log_table[finite - 1]))
-    out = np.empty(values.size, dtype=np.int64)
-    for i, sigma in enumerate(values.tolist()):
-        if math.isnan(sigma) or sigma <= 0:
+    infinite = np.isposinf(values)
+    with np.errstate(invalid="ignore"):
+        nonpositive = np.isnan(values) | (values <= 0)
+        in_range = (values >= lo / (1 + SIGMA_RANGE_RTOL)) & (values <= hi * (1 + SIGMA_RANGE_RTOL))
+    refused = nonpositive | ~(in_range | infinite) | (infinite & (finite == len(log_table)))
+    if refused.any():  # the first offence, in index order
+        i = int(np.flatnonzero(refused)[0])
+        sigma = float(values[i])
+        if nonpositive[i]:
             raise ValueError(f"{name}[{i}] = {sigma!r}: noise levels must be > 0 (only a last 0 ends a schedule)")
-        if math.isinf(sigma):
-            if finite == len(log_table):
-                raise ValueError(
-                    f"{name}[{i}] = inf (alpha_bar = 0) but this alpha_bar table has no zero-SNR timestep; "
-                    f"its largest sigma is {hi:.6g}"
-                )
-            out[i] = finite
-            continue
-        if not lo / (1 + SIGMA_RANGE_RTOL) <= sigma <= hi * (1 + SIGMA_RANGE_RTOL):
+        if infinite[i]:
             raise ValueError(
-                f"{name}[{i}] = {sigma:.6g} lies outside this alpha_bar table's noise levels "
-                f"[{lo:.6g}, {hi:.6g}] (sigma = sqrt((1 - alpha_bar) / alpha_bar))"
+                f"{name}[{i}] = inf (alpha_bar = 0) but this alpha_bar table has no zero-SNR timestep; "
+                f"its largest sigma is {hi:.6g}"
             )
-        position = float(np.interp(math.log(sigma), log_table[:finite], np.arange(finite, dtype=np.float64)))
-        out[i] = int(np.rint(position))
+        raise ValueError(
+            f"{name}[{i}] = {sigma:.6g} lies outside this alpha_bar table's noise levels "
+            f"[{lo:.6g}, {hi:.6g}] (sigma = sqrt((1 - alpha_bar) / alpha_bar))"
+        )
+    out = np.full(values.size, finite, dtype=np.int64)  # σ = ∞: the first timestep with ᾱ = 0
+    levels = ~infinite
+    # Each level's fractional timestep, linear in log σ between neighbouring integer timesteps, rounded.
+    positions = np.interp(np.log(values[levels]), log_table[:finite], np.arange(finite, dtype=np.float64))
+    out[levels] = np.rint(positions).astype(np.int64)
     return out
 
 
@@ -484,7 +489,8 @@ def timesteps_from_sigmas(
     sigmas: object, alpha_bar: object, *, final_alpha_bar: float | None = None, name: str = "sigmas"
 ) -> np.ndarray:
     """The timesteps a DDIM scheduler visits for a k-diffusion schedule in diffusers' ``sigmas=`` convention:
-    S + 1 levels, strictly decreasing, the S visited and then the level the last step lands on.
+    S + 1 levels, strictly decreasing, the S visited and then the level the last step lands on (which may
+    equal the last visited one when that is the final level: σ_0 then σ of ᾱ_0 with ``set_alpha_to_one=False``).
 
     Each visited σ is mapped by :func:`nearest_timesteps`. A DDIM step always lands on the next visited
     timestep and the last step on the scheduler's final level (ᾱ = 1 with ``set_alpha_to_one``, else ᾱ_0),
@@ -513,8 +519,12 @@ def timesteps_from_sigmas(
             f"got {values.tolist()}"
         )
     steps = np.diff(values)
-    if not np.all(steps < 0):
-        i = int(np.flatnonzero(~(steps < 0))[0])
+    decreasing = steps < 0
+    # The last step may stay put when it lands on the final level (checked below): a schedule that visits
+    # timestep 0 and ends on ᾱ_0 (set_alpha_to_one=False), as the scheduler's own ``sigmas`` lists it.
+    decreasing[-1] |= bool(steps[-1] == 0 and values[-1] != 0)
+    if not np.all(decreasing):
+        i = int(np.flatnonzero(~decreasing)[0])
         raise ValueError(
             f"{name} must be strictly decreasing; got {float(values[i])!r} then {float(values[i + 1])!r} "
             f"at position {i}"
@@ -524,7 +534,7 @@ def timesteps_from_sigmas(
     if final_alpha_bar is not None:
         final_sigma = math.sqrt(max(1.0 - final_alpha_bar, 0.0) / final_alpha_bar) if final_alpha_bar > 0 else math.inf
     if last != 0.0 and not (final_sigma is not None and math.isclose(last, final_sigma, rel_tol=1e-3)):
-        where = "" if final_sigma is None else f" or {final_sigma:.6g}, the sigma of final_alpha_bar"
+        where = "" if not final_sigma else f" or {final_sigma:.6g}, the sigma of final_alpha_bar"
         raise ValueError(
             f"the last of {name} is where the last step lands, which for DDIM is the scheduler's final level: "
             f"it must be 0{where}; got {last!r}"

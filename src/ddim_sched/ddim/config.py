@@ -89,7 +89,10 @@ class DDIMConfig(FrozenConfig):
         clip_sample_range: Clamp bound for clip_sample, > 0.
         sample_max_value: Upper bound of the dynamic threshold, > 0.
         timestep_spacing: A name in ``ddim_sched.tables.spacing.SPACINGS``: diffusers' ``"leading"``,
-            ``"trailing"``, ``"linspace"``, and ddim_sched's ``"quad"`` and ``"karras"``.
+            ``"trailing"``, ``"linspace"``, and ddim_sched's: the paper's ``"quad"``, the noise-level grids
+            ``"karras"``, ``"exponential"``, ``"beta"``, ``"logsnr"``, ``"kl_optimal"``,
+            ``"linear_quadratic"``, Align Your Steps ``"ays_sd15"`` and ``"ays_sdxl"``, and ComfyUI's
+            ``"simple"``, ``"normal"``, ``"sgm_uniform"`` and ``"beta_timesteps"`` (docs/recipes.md).
         rescale_betas_zero_snr: Rescale β to zero terminal SNR (Lin et al. 2023, Algorithm 1); needs T >= 2.
         prev_timestep_rule: ``"stride"`` (diffusers: t − T // S) or ``"schedule"`` (the next timestep
             the schedule visits). The stride rule applies to diffusers' own spacings only: quad,

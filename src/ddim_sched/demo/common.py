@@ -135,10 +135,12 @@ def format_divergences(divergences: Sequence[Divergence]) -> str | None:
         "invert logs a warning for each such step; the demo held them back to summarise them here, with the "
         "largest relative residual ||step(x) - x_next|| / ||x_next|| of those steps:"
     )
+    labels = [f"{d.where}, k={d.iterations}, S={d.steps}:" for d in divergences]
+    width = max(len(label) for label in labels) + 1
     rows = [
-        f"  {f'{d.where}, k={d.iterations}, S={d.steps}:':<28} timestep(s) {', '.join(map(str, d.timesteps))}; "
+        f"  {label:<{width}}timestep(s) {', '.join(map(str, d.timesteps))}; "
         f"residual max {d.worst:.2g}, median {d.median:.2g}"
-        for d in divergences
+        for label, d in zip(labels, divergences, strict=True)
     ]
     tail = (
         "Expected: the fixed-point map x <- x + (x_next - step(x)) / a contracts only where the model's eps-hat "

@@ -18,6 +18,7 @@ from ddim_sched import DDIMScheduler, sample  # noqa: E402
 from ddim_sched.demo import digits  # noqa: E402
 from ddim_sched.demo.digits import (  # noqa: E402
     QUICK,
+    EditingCell,
     FeatureFID,
     Spread,
     format_digits,
@@ -31,6 +32,7 @@ from ddim_sched.demo.digits import (  # noqa: E402
     train_classifier,
     train_eps_model,
 )
+from ddim_sched.demo.digits_editing import EXACT_METHODS, editing_table  # noqa: E402
 
 TINY = dataclasses.replace(
     QUICK,
@@ -48,6 +50,7 @@ TINY = dataclasses.replace(
     points=5,
     interpolation_steps=5,
     per_cell=4,
+    editing_steps=(10, 20),  # S=10 reuses the round-trip table's k=0 and k=2 cells, S=20 measures them
 )
 
 
@@ -165,6 +168,53 @@ def test_fixed_point_inversion_beats_classic_inversion(trained, data):
     assert table[(10, 10)] < 0.5 * table[(0, 10)]
 
 
+def _per_step(cell: EditingCell) -> tuple[float, float]:
+    return cell.encode_calls / cell.steps, cell.decode_calls / cell.steps
+
+
+def test_editing_table_at_the_quick_sizes(trained, data):
+    """The editing table at the quick demo's sizes (its digits, S, k) on the briefly trained model: the exact
+    methods return the digits to float rounding, every method makes the model calls docs/editing.md states
+    (counted), and the cells read from the round-trip table are what measuring them gives."""
+    model, _ = trained
+    images = data.held_out[: QUICK.roundtrip_images]
+    calls: dict = {}
+    roundtrip = roundtrip_table(model, images, QUICK.roundtrip_steps, QUICK.roundtrip_iterations, calls=calls)
+    reports = []
+    table = editing_table(model, images, QUICK.editing_steps, 0, roundtrip, calls, lambda d, t: reports.append((d, t)))
+    assert table.steps == QUICK.editing_steps == (10, 50) and table.images == len(images)
+    assert list(table.rows) == [
+        "DDIM inversion (k=0)",
+        "fixed-point invert, k=1",
+        "fixed-point invert, k=2",
+        "fixed-point invert, k=5",
+        "BDIA, gamma=1",
+        "EDICT, p=0.93",
+        "edit-friendly maps, eta=1",
+    ]
+    for label in EXACT_METHODS:
+        for S in table.steps:
+            assert table.rows[label][S].mse < 1e-6, (label, S)
+    for S in table.steps:
+        assert _per_step(table.rows["DDIM inversion (k=0)"][S]) == (1, 1)
+        for k in (1, 2, 5):
+            assert _per_step(table.rows[f"fixed-point invert, k={k}"][S]) == (k + 2, 1)  # every iterate measured
+        bdia = table.rows["BDIA, gamma=1"][S]
+        assert (bdia.encode_calls, bdia.decode_calls) == (S, S - 1)  # the pair already holds step 0
+        assert _per_step(table.rows["EDICT, p=0.93"][S]) == (2, 2)
+        assert _per_step(table.rows["edit-friendly maps, eta=1"][S]) == (1, 1)
+    # Progress counts every model call the table made here (the reused cells cost none).
+    made = sum(c.encode_calls + c.decode_calls for cells in table.rows.values() for c in cells.values() if not c.reused)
+    assert reports[-1] == (made, made)
+    # Reused cells: k=0 and k=2, as the round-trip table measured them; measuring them again gives the same.
+    reused = {(label, S) for label, cells in table.rows.items() for S, c in cells.items() if c.reused}
+    assert reused == {(label, S) for label in ("DDIM inversion (k=0)", "fixed-point invert, k=2") for S in (10, 50)}
+    fresh = editing_table(model, images, (10,), 0)
+    assert not any(c.reused for cells in fresh.rows.values() for c in cells.values())
+    assert fresh.rows["fixed-point invert, k=2"][10].mse == roundtrip[(2, 10)]
+    assert fresh.rows["edit-friendly maps, eta=1"][10].mse == table.rows["edit-friendly maps, eta=1"][10].mse
+
+
 def test_slerp_path_starts_and_ends_on_the_encoded_digits(trained, data):
     model, _ = trained
     start, end = pick_pairs(data, [(0, 6), (1, 7)])
@@ -193,12 +243,23 @@ def tiny_run(tmp_path_factory, one_thread):
 def test_run_digits_tiny_end_to_end(tiny_run):
     result, phases = tiny_run
     assert {cell for cell in result.quality.fid} == {(eta, S) for eta in TINY.etas for S in TINY.steps}
-    assert len(phases) == 6 and all(calls and calls[-1][0] == calls[-1][1] for calls in phases.values()), phases
+    assert len(phases) == 7 and all(calls and calls[-1][0] == calls[-1][1] for calls in phases.values()), phases
     assert result.worse_fid["uniform noise in [-1, 1]"] > result.floor.max()
     assert result.seconds["total"] >= sum(v for k, v in result.seconds.items() if k != "total") - 1e-6
     text = format_digits(result)
-    for needle in ("(d1)", "Floor", "(d2)", "(d3)", "paper's pattern", "wall time"):
+    for needle in ("(d1)", "Floor", "(d2)", "Editing methods side by side", "(d3)", "paper's pattern", "wall time"):
         assert needle in text
+    # The editing table: every row at every S, the k=0 and k=2 cells at S=10 read from the round-trip table.
+    editing = result.editing
+    assert editing.steps == TINY.editing_steps and editing.images == TINY.roundtrip_images
+    assert len(editing.rows) == 7 and all(set(cells) == set(TINY.editing_steps) for cells in editing.rows.values())
+    for k, label in ((0, "DDIM inversion (k=0)"), (2, "fixed-point invert, k=2")):
+        assert editing.rows[label][10].reused and editing.rows[label][10].mse == result.roundtrip[(k, 10)]
+        assert not editing.rows[label][20].reused
+    assert "the k=0 (S=10), k=2 (S=10) cells are the round trips above" in text
+    for label in editing.rows:
+        (row,) = [line for line in text.splitlines() if line.strip().startswith(label)]
+        assert f"{editing.rows[label][20].mse:.2e}" in row
     pytest.importorskip("matplotlib")
     assert set(result.figures) == {"samples", "interpolation"}
     assert all(path.exists() and path.stat().st_size > 1000 for path in result.figures.values())
@@ -239,6 +300,22 @@ def test_a_diverged_round_trip_is_shown_as_diverged_with_its_error(tiny_run):
     assert row.split()[1:] == ["diverged", "diverged"] and "!" not in text
     assert "(MSE 1.1e+01 to 2.7e+07" in text and "docs/demo.md" in text
     assert "which diverged at S=5, 10" in text
+
+
+def test_the_editing_summary_follows_the_table(tiny_run):
+    result, _ = tiny_run
+    text = format_digits(result)
+    assert "The exact methods (BDIA, EDICT, noise maps) return the digits to float rounding" in text
+    rows = {label: dict(cells) for label, cells in result.editing.rows.items()}
+    base = rows["DDIM inversion (k=0)"]
+    rows["EDICT, p=0.93"][20] = dataclasses.replace(rows["EDICT, p=0.93"][20], mse=2e-3)
+    rows["fixed-point invert, k=5"] = {S: dataclasses.replace(c, mse=1e3) for S, c in base.items()}
+    rows["fixed-point invert, k=1"] = {S: dataclasses.replace(c, mse=c.mse / 2) for S, c in base.items()}
+    edited = dataclasses.replace(result, editing=dataclasses.replace(result.editing, rows=rows))
+    text = format_digits(edited)
+    assert "The exact methods do NOT all reach float rounding (MSE >= 1e-06): EDICT, p=0.93 at S=20." in text
+    assert "Fixed-point refinement beats k=0 at k=1 (S=10, 20)" in text
+    assert "it diverges (worse than a random other digit) at k=5 (S=10, 20)." in text
 
 
 def test_sample_grid_shows_the_reference_once_and_every_fid_with_its_spread(tiny_run):

@@ -135,10 +135,12 @@ def format_divergences(divergences: Sequence[Divergence]) -> str | None:
         "invert logs a warning for each such step; the demo held them back to summarise them here, with the "
         "largest relative residual ||step(x) - x_next|| / ||x_next|| of those steps:"
     )
+    labels = [f"{d.where}, k={d.iterations}, S={d.steps}:" for d in divergences]
+    width = max(len(label) for label in labels) + 1
     rows = [
-        f"  {f'{d.where}, k={d.iterations}, S={d.steps}:':<28} timestep(s) {', '.join(map(str, d.timesteps))}; "
+        f"  {label:<{width}}timestep(s) {', '.join(map(str, d.timesteps))}; "
         f"residual max {d.worst:.2g}, median {d.median:.2g}"
-        for d in divergences
+        for label, d in zip(labels, divergences, strict=True)
     ]
     tail = (
         "Expected: the fixed-point map x <- x + (x_next - step(x)) / a contracts only where the model's eps-hat "
@@ -228,6 +230,24 @@ def gaussian_w2(mean_a: torch.Tensor, var_a: torch.Tensor, mean_b: torch.Tensor,
     return float(w2_sq.sqrt())
 
 
+class CallCounter:
+    """Wraps a ``model_fn(x, t)`` and counts its calls (``calls``); ``on_call()`` runs after each one."""
+
+    def __init__(
+        self,
+        model_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+        on_call: Callable[[], None] | None = None,
+    ) -> None:
+        self.model_fn, self.on_call, self.calls = model_fn, on_call, 0
+
+    def __call__(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        out = self.model_fn(x, t)
+        self.calls += 1
+        if self.on_call is not None:
+            self.on_call()
+        return out
+
+
 def invert_calls(k: int, steps: int) -> int:
     """Model calls of ``invert`` over S steps with k fixed-point iterations (no tol, no report): one per
     step for k = 0, k + 2 for k >= 1 (every iterate's residual is measured)."""
@@ -248,15 +268,22 @@ def round_trips(
     advance: Callable[[int], None],
     divergences: list[Divergence] | None = None,
     where: str = "round trips",
+    calls: dict[tuple[int, int], tuple[int, int]] | None = None,
 ) -> dict[tuple[int, int], torch.Tensor]:
     """(k, S) → the η = 0 decoding of ``invert(x0)`` with k fixed-point iterations, S steps each way, on
     ``scheduler``; ``advance(n)`` is called after every n model calls (progress). Inversions that
-    diverge are appended to ``divergences`` (labelled ``where``) instead of logging a warning per step."""
+    diverge are appended to ``divergences`` (labelled ``where``) instead of logging a warning per step.
+    With a ``calls`` dict, the model calls counted per (k, S) are stored in it as (encode, decode)."""
     decoded = {}
+    counter = CallCounter(model_fn)
     for S in steps:
         scheduler.set_timesteps(S)
         for k in iterations:
-            latent = invert_and_report(model_fn, x0, scheduler, k, where, divergences)
+            start = counter.calls
+            latent = invert_and_report(counter, x0, scheduler, k, where, divergences)
+            encoded = counter.calls - start
             advance(invert_calls(k, S))
-            decoded[(k, S)] = sample(model_fn, latent, scheduler, callback=lambda *_: advance(1))
+            decoded[(k, S)] = sample(counter, latent, scheduler, callback=lambda *_: advance(1))
+            if calls is not None:
+                calls[(k, S)] = (encoded, counter.calls - start - encoded)
     return decoded

@@ -12,8 +12,8 @@ public API and returns a :class:`DigitsResult`; :func:`format_digits` turns it i
     table = quality_table(model, metric, steps=[10, 100], etas=[0.0, 1.0], n=300, seed=3)
 
 Modules: :mod:`.digits_train` (data, networks, training), :mod:`.digits_metric` (the FID),
-:mod:`.digits_experiments` (the experiments), :mod:`.digits_figures` (PNGs), :mod:`.digits_report`
-(the text).
+:mod:`.digits_experiments` (the experiments), :mod:`.digits_editing` (the editing methods side by side),
+:mod:`.digits_figures` (PNGs), :mod:`.digits_report` (the text).
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ from .common import (
     invert_calls,
     round_trip_calls,
 )
+from .digits_editing import EditingCell, EditingTable, editing_calls, editing_table
 from .digits_experiments import (
     WORSE_SAMPLER_STEPS,
     Interpolation,
@@ -72,6 +73,8 @@ __all__ = [
     "DigitsResult",
     "DigitsSection",
     "DigitsSizes",
+    "EditingCell",
+    "EditingTable",
     "EpsMLP",
     "FeatureFID",
     "Interpolation",
@@ -84,6 +87,8 @@ __all__ = [
     "demo_scheduler",
     "draw_interpolation",
     "draw_sample_grid",
+    "editing_calls",
+    "editing_table",
     "format_digits",
     "frechet_distance",
     "gaussian_fit",
@@ -294,10 +299,22 @@ def run_digits(
         calls = round_trip_calls(sizes.roundtrip_steps, sizes.roundtrip_iterations)
         divergences: list[Divergence] = []
         progress = phases.progress("round trips", calls)
+        counted: dict[tuple[int, int], tuple[int, int]] = {}
         roundtrip = roundtrip_table(
-            model, images, sizes.roundtrip_steps, sizes.roundtrip_iterations, progress, divergences
+            model, images, sizes.roundtrip_steps, sizes.roundtrip_iterations, progress, divergences, counted
         )
         phases.lap("round trips")
+        editing = editing_table(
+            model,
+            images,
+            sizes.editing_steps,
+            seed,
+            roundtrip,
+            counted,
+            phases.progress("editing methods", editing_calls(sizes.editing_steps, counted)),
+            divergences,
+        )
+        phases.lap("editing methods")
         interpolated, path_labels, slerp_conf, fade_conf = _interpolate(
             sizes, data, model, classifier, phases, divergences
         )
@@ -317,6 +334,7 @@ def run_digits(
         spread,
         roundtrip,
         to_unit_mse(images, images.roll(1, dims=0)),
+        editing,
         interpolated,
         path_labels,
         slerp_conf,

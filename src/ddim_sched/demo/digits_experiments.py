@@ -177,6 +177,7 @@ def roundtrip_table(
     iterations: Sequence[int],
     progress: Progress | None = None,
     divergences: list[Divergence] | None = None,
+    calls: dict[tuple[int, int], tuple[int, int]] | None = None,
 ) -> dict[tuple[int, int], float]:
     """Encode ``images`` with ``ddim_sched.invert`` and decode with the η = 0 loop, per (k, S).
 
@@ -188,12 +189,15 @@ def roundtrip_table(
         progress: Optional ``progress(done, total)``, one unit per model call.
         divergences: If given, the inversions that diverged are appended to it (as
             :class:`~ddim_sched.demo.common.Divergence`) instead of ``invert`` logging a warning per step.
+        calls: If given, the model calls counted per (k, S) are stored in it as (encode, decode).
 
     Returns:
         (k, S) → mean squared error per pixel on the [0, 1] scale (as the paper's Table 2).
     """
     tick = _Ticker(progress, round_trip_calls(steps, iterations))
-    decoded = round_trips(model, images, demo_scheduler(), steps, iterations, tick.add, divergences, "(d2) round trips")
+    decoded = round_trips(
+        model, images, demo_scheduler(), steps, iterations, tick.add, divergences, "(d2) round trips", calls
+    )
     return {cell: to_unit_mse(out, images) for cell, out in decoded.items()}
 
 

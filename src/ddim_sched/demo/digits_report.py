@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from .common import DIVERGENCE_DOCS, demo_scheduler
+from .digits_editing import EXACT_METHODS, EXACT_MSE, ITERATIONS, EditingCell, fixed_point_label
 from .digits_experiments import consistency
 from .digits_result import DigitsResult
 from .paper import PAPER_TABLE2_MSE, paper_fid
@@ -199,6 +200,53 @@ def _roundtrip_lines(result: DigitsResult) -> tuple[list[str], dict[str, str]]:
     return lines, {"round-trip error falls with S": "; ".join(verdicts)}
 
 
+def _calls(cell: EditingCell) -> str:
+    """Model calls per step as 'encode + decode' (BDIA decodes (S - 1)/S: its pair holds step 0)."""
+    encode, decode = cell.calls_per_step
+    return f"{encode:.2g} + {decode:.2g}"
+
+
+def _k_cells(cells: dict[int, list[int]]) -> str:
+    """'k=1 (S=50), k=2 (S=10, 50)' for the non-empty entries of {k: [S, ...]}."""
+    return ", ".join(f"k={k} (S={_join(steps)})" for k, steps in cells.items() if steps)
+
+
+def _editing_lines(result: DigitsResult) -> list[str]:
+    """The editing table: MSE and counted model calls per step of every method, and what it shows."""
+    table, scale = result.editing, result.roundtrip_scale
+    reused = {k: [S for S, cell in table.rows[fixed_point_label(k)].items() if cell.reused] for k in ITERATIONS}
+    parts = [f"k={k}" if len(s) == len(table.steps) else f"k={k} (S={_join(s)})" for k, s in reused.items() if s]
+    source = f"; the {', '.join(parts)} cells are the round trips above (not recomputed)" if parts else ""
+    lines = [
+        f"     Editing methods side by side (docs/editing.md), the same {table.images} digits in float32: MSE per "
+        "pixel as above and",
+        f"     model calls per step, encode + decode, counted{source}.",
+        "     " + "method".ljust(27) + "".join(f"S={S}".rjust(10) + "calls/step".rjust(12) for S in table.steps),
+    ]
+    for label, cells in table.rows.items():
+        row = "".join(f"{cells[S].mse:>10.2e}{_calls(cells[S]):>12}" for S in table.steps)
+        lines.append("     " + label.ljust(27) + row)
+    exact = [cell.mse for label in EXACT_METHODS for cell in table.rows[label].values()]
+    inexact = {label: [S for S, c in table.rows[label].items() if not c.mse < EXACT_MSE] for label in EXACT_METHODS}
+    if any(inexact.values()):
+        missed = "; ".join(f"{label} at S={_join(steps)}" for label, steps in inexact.items() if steps)
+        exact_text = f"The exact methods do NOT all reach float rounding (MSE >= {EXACT_MSE:g}): {missed}"
+    else:
+        exact_text = (
+            f"The exact methods (BDIA, EDICT, noise maps) return the digits to float rounding: MSE {min(exact):.1e} "
+            f"to {max(exact):.1e}"
+        )
+    base = table.rows[fixed_point_label(0)]
+    refined = {k: table.rows[fixed_point_label(k)] for k in ITERATIONS if k > 0}
+    better = {k: [S for S, c in cells.items() if c.mse < base[S].mse] for k, cells in refined.items()}
+    diverged = {k: [S for S, c in cells.items() if not c.mse <= scale] for k, cells in refined.items()}
+    refined_text = f"Fixed-point refinement beats k=0 at {_k_cells(better) or 'no S'}"
+    if any(diverged.values()):
+        refined_text += f"; it diverges (worse than a random other digit) at {_k_cells(diverged)}"
+    lines += [f"     {exact_text}.", f"     {refined_text}."]
+    return lines
+
+
 def _interpolation_lines(result: DigitsResult) -> list[str]:
     interp = result.interpolation
     paths = " | ".join(" ".join(str(c) for c in path) for path in result.path_labels)
@@ -230,7 +278,7 @@ def format_digits(result: DigitsResult) -> str:
     steps_lines, steps_verdicts = _steps_lines(result)
     roundtrip_lines, roundtrip_verdicts = _roundtrip_lines(result)
     lines = _header(result) + _quality_lines(result) + _worse_lines(result) + eta_lines + steps_lines
-    lines += roundtrip_lines + _interpolation_lines(result)
+    lines += roundtrip_lines + _editing_lines(result) + _interpolation_lines(result)
     verdicts = {**eta_verdicts, **steps_verdicts, **roundtrip_verdicts}
     summary = "; ".join(f"{claim}: {seen}" for claim, seen in verdicts.items())
     lines.append(f"     The paper's pattern here: {summary}.")

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from .common import Divergence
+from .digits_editing import EditingTable
 from .digits_experiments import Interpolation, QualityTable
 from .digits_metric import Spread
 from .digits_train import DigitClassifier, DigitsData, TrainedModel
@@ -35,6 +36,8 @@ class DigitsSizes:
         interpolation_steps, interpolation_iterations: S and k of the interpolation's encoding (and S of
             its decoding).
         per_cell: Samples drawn per panel of the sample grid.
+        editing_steps: S of the editing table (d2): every editing method on the round-trip digits; the
+            fixed-point cells whose S is also in ``roundtrip_steps`` are read from the round-trip table.
     """
 
     held_out: int
@@ -54,6 +57,7 @@ class DigitsSizes:
     interpolation_steps: int
     interpolation_iterations: int = 0
     per_cell: int = 16
+    editing_steps: tuple[int, ...] = (10, 50)
 
 
 FULL = DigitsSizes(
@@ -111,10 +115,12 @@ class DigitsResult:
         spread: Paired split-half FIDs of every set above (labels: (η, S) cells and worse labels).
         roundtrip: (k, S) → encode/decode MSE per pixel on the [0, 1] scale.
         roundtrip_scale: MSE between held-out digits paired at random, for scale.
+        editing: The editing methods side by side on the round-trip digits (classic and fixed-point
+            inversion, BDIA, EDICT, edit-friendly noise maps): MSE and model calls per step.
         interpolation: The slerp paths; path_labels: classifier label per decoded point [P][K].
         slerp_confidence, crossfade_confidence: The classifier's mean confidence on the interior
             points of the decoded slerp paths and of the pixel crossfades.
-        divergences: The inversions (round trips, interpolation) whose fixed-point iteration diverged for
+        divergences: The inversions (round trips, editing table, interpolation) whose fixed-point iteration diverged for
             some samples at some steps.
         figures: Name → path of each PNG written; figure_note: why figures were not drawn, if not.
         seconds: Wall time per phase and "total".
@@ -134,6 +140,7 @@ class DigitsResult:
     spread: Spread
     roundtrip: dict[tuple[int, int], float]
     roundtrip_scale: float
+    editing: EditingTable
     interpolation: Interpolation
     path_labels: list[list[int]]
     slerp_confidence: float

@@ -41,11 +41,24 @@ from ..core.update import StepCoefficients
 from .arguments import pattern_key
 from .cache import PATTERN_CACHE_SIZE, ROW_CACHE_SIZE, LockedCache, gather_rows, row_table
 
-__all__ = ["Key", "StepPlan", "element_position"]
+__all__ = ["Key", "OwnSteps", "StepPlan", "element_position"]
 
 Key = tuple[int, ...]
-# What _resolve returns: one host key, host keys [..., k] (int64), or keys on the sample's device [..., k].
-Resolved = Key | np.ndarray | torch.Tensor
+
+
+class OwnSteps:
+    """Per-element steps that are all the plan's own: their positions in visiting order (an int64 array of
+    the per-element shape), which gather straight from the plan's table."""
+
+    __slots__ = ("positions",)
+
+    def __init__(self, positions: np.ndarray) -> None:
+        self.positions = positions
+
+
+# What _resolve returns: one host key, host keys [..., k] (int64), the plan's own steps, or keys on the
+# sample's device [..., k].
+Resolved = Key | np.ndarray | OwnSteps | torch.Tensor
 
 
 def element_position(tensor: torch.Tensor, version: int | None, t: torch.Tensor) -> int | None:
@@ -157,6 +170,11 @@ class StepPlan:
 
     def _route(self, resolved: Resolved, eta: float | torch.Tensor, sample: torch.Tensor, host: bool) -> Any:
         """The coefficients of resolved keys, by the kind of keys and of η."""
+        if isinstance(resolved, OwnSteps):
+            if isinstance(eta, torch.Tensor):
+                keys = torch.as_tensor(np.asarray(self._own_keys(), dtype=np.int64)[resolved.positions])
+                return self._keys_rows(keys.to(sample.device), eta.to(sample.device))
+            return gather_rows(self._own_table(eta, compute_dtype(sample.dtype), sample.device), resolved.positions)
         if isinstance(eta, torch.Tensor) or isinstance(resolved, torch.Tensor):
             keys = resolved if isinstance(resolved, torch.Tensor) else torch.as_tensor(np.asarray(resolved, np.int64))
             if isinstance(eta, torch.Tensor):

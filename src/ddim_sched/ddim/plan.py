@@ -18,7 +18,7 @@ import torch
 
 from ..common.arguments import timestep_values
 from ..common.cache import LockedCache
-from ..common.step_plan import Key, StepPlan
+from ..common.step_plan import Key, OwnSteps, StepPlan
 from ..core.runtime import is_compiling
 from ..core.update import StepCoefficients, step_coefficients, vp_level
 from ..tables.spacing import step_target, step_targets
@@ -133,6 +133,8 @@ class Schedule(StepPlan):
         self.inverse = inverse
         self._ascending = sorted(int(t) for t in visited)
         self._ascending_array = np.array(self._ascending, dtype=np.int64)
+        self._lower = np.concatenate([[-1], self._ascending_array])  # the target of ascending[i] is lower[i]
+        self._visit_position = np.argsort(visited, kind="stable")  # where ascending[i] is visited
         self._device_ascending = LockedCache(16)
 
     def reversed(self, device: str | torch.device | None = None) -> Schedule:
@@ -149,9 +151,7 @@ class Schedule(StepPlan):
         """:meth:`target` elementwise for a host array of timesteps."""
         if self.stride is not None:
             return np.maximum(t - self.stride, -1)
-        position = np.searchsorted(self._ascending_array, t, side="left")
-        lower = np.concatenate([[-1], self._ascending_array])
-        return lower[position]
+        return self._lower[np.searchsorted(self._ascending_array, t, side="left")]
 
     def targets_of(self, t: torch.Tensor) -> torch.Tensor:
         """:meth:`target` for an integer tensor of timesteps, on its device, without reading it."""
@@ -190,6 +190,10 @@ class Schedule(StepPlan):
         t_array = np.asarray(t, dtype=np.int64)
         if not self.inverse and t_array.size:
             self.levels.check_defined(int(t_array.max()), self.prediction_type)
+        if target is None and t_array.size:  # visited timesteps stepping by the plan's own rule: its own steps
+            at = np.minimum(np.searchsorted(self._ascending_array, t_array), len(self._ascending_array) - 1)
+            if np.array_equal(self._ascending_array[at], t_array):
+                return OwnSteps(self._visit_position[at])
         lands_array = self.targets_at(t_array) if target is None else np.asarray(target, dtype=np.int64)
         t_array, lands_array = np.broadcast_arrays(t_array, lands_array)
         return np.stack([lands_array, t_array] if self.inverse else [t_array, lands_array], axis=-1)

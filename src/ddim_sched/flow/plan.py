@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from ..common.cache import LockedCache
-from ..common.step_plan import Key, StepPlan
+from ..common.step_plan import Key, OwnSteps, StepPlan
 from ..common.validation import check_floating_tensor, check_int
 from ..core.runtime import compute_dtype, is_compiling
 from ..core.step import in_compute_dtype
@@ -126,7 +126,7 @@ class FlowSchedule(StepPlan):
         padded = aligned("timestep", timestep, sample)
         if timestep.device.type == "cpu" and not is_compiling():
             indices = [self.index_of(v) for v in timestep.reshape(-1).tolist()]
-            return np.array(indices, dtype=np.int64).reshape(padded.shape + (1,))
+            return OwnSteps(np.array(indices, dtype=np.int64).reshape(padded.shape))
         return self.indices_of(padded.to(sample.device)).unsqueeze(-1)
 
     def _host_row(self, key: Key, eta: float) -> StepCoefficients:

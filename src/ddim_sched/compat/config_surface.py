@@ -68,7 +68,7 @@ HUB_KWARGS: frozenset[str] = frozenset(
 _USE_DEFAULTS = "_use_default_values"
 
 
-class FrozenConfig(dict):
+class FrozenDict(dict):
     """A read-only dict with attribute access, like diffusers' ``FrozenDict``.
 
     Keys in ``hidden`` (extension fields at their defaults) are not among the keys but can be read.
@@ -156,7 +156,7 @@ class ConfigSurface:
     # ------------------------------------------------------------------ reading
 
     @property
-    def config(self) -> FrozenConfig:
+    def config(self) -> FrozenDict:
         """The configuration as a read-only dict with attribute access (diffusers' ``FrozenDict``)."""
         values = self._config.to_dict()
         visible = self._visible_fields()
@@ -164,7 +164,7 @@ class ConfigSurface:
         shown = {k: v for k, v in values.items() if k in visible or v != defaults[k]}
         hidden = {k: v for k, v in values.items() if k not in shown}
         metadata = {"_class_name": type(self).__name__, "_diffusers_version": DIFFUSERS_FORMAT_VERSION}
-        return FrozenConfig({**shown, **metadata, **self._extras, "_class_name": type(self).__name__}, hidden)
+        return FrozenDict({**shown, **metadata, **self._extras, "_class_name": type(self).__name__}, hidden)
 
     def __getattr__(self, name: str) -> Any:
         # Called only for names that are not attributes: a config value, read as diffusers allows.
@@ -200,7 +200,7 @@ class ConfigSurface:
         self._extras.update(extras)
 
     @property
-    def _internal_dict(self) -> FrozenConfig:
+    def _internal_dict(self) -> FrozenDict:
         # diffusers pipelines patch configs through this attribute (e.g. forcing steps_offset=1).
         return self.config
 

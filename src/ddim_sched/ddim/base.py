@@ -22,7 +22,7 @@ from ..compat.config_surface import ConfigSurface
 from ..compat.scheduler_mixin import SchedulerMixin
 from ..core._fused import as_column, fused_step
 from ..core.runtime import compute_dtype
-from ..core.thresholding import ClipMode, X0Clip
+from ..core.thresholding import ClipMode, X0Clip, dynamic_threshold
 from ..core.update import StepCoefficients, ddim_update
 from ..tables.betas import alpha_bar_from_betas, make_betas
 from ..tables.spacing import SPACINGS, check_timesteps, successor_stride
@@ -115,6 +115,15 @@ class DDIMSchedulerBase(StepProgress, ConfigSurface, SchedulerMixin):
         """How the config bounds x̂0 (thresholding takes precedence over clip_sample, as in diffusers)."""
         mode: ClipMode = "threshold" if config.thresholding else "clip" if config.clip_sample else "none"
         return X0Clip(mode, config.clip_sample_range, config.dynamic_thresholding_ratio, config.sample_max_value)
+
+    def _threshold_sample(self, sample: torch.Tensor) -> torch.Tensor:
+        """Imagen's dynamic thresholding of ``sample`` with the config's ratio and maximum, as diffusers' helper:
+        [B, ...] in, the same shape and dtype out (half precision computed in float32)."""
+        check_floating_tensor("sample", sample)
+        config = self._config
+        work = sample.to(compute_dtype(sample.dtype))
+        thresholded = dynamic_threshold(work, config.dynamic_thresholding_ratio, config.sample_max_value)
+        return thresholded.to(sample.dtype)
 
     def _clear_schedule(self) -> None:
         self._schedule = None

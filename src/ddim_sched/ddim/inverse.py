@@ -73,6 +73,7 @@ class DDIMInverseScheduler(DDIMSchedulerBase):
     DDIMScheduler's schedule, custom timesteps included.
     """
 
+    _compatibles: ClassVar[list[str]] = []  # as diffusers' DDIMInverseScheduler: no scheduler shares its role
     _deprecated_kwargs: ClassVar[list[str]] = [_DEPRECATED_ALPHA_KWARG]
     visible_fields: ClassVar[tuple[str, ...]] = INVERSE_FIELDS
 

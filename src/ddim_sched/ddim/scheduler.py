@@ -288,9 +288,15 @@ class DDIMScheduler(DDIMSchedulerBase):
             raise TypeError("coefficients takes one timestep and a float eta")
         return schedule.sampling_row(t, rate)
 
-    def _get_variance(self, timestep: int | torch.Tensor, prev_timestep: int | torch.Tensor) -> torch.Tensor:
+    def _get_variance(
+        self, timestep: int | torch.Tensor, prev_timestep: int | torch.Tensor | None = None
+    ) -> torch.Tensor:
         """DDPM's posterior variance σ²(η = 1) of a step from ``timestep`` to ``prev_timestep`` (negative:
-        past the end), as diffusers' private method returns it (a float32 tensor; computed in float64)."""
+        past the end), as diffusers' private method returns it (a float32 tensor; computed in float64).
+        Without ``prev_timestep``, where the step from ``timestep`` lands (:meth:`previous_timestep`: diffusers'
+        t − T // S under the default rule, as its DDIMParallelScheduler defaults it; needs set_timesteps)."""
+        if prev_timestep is None:
+            prev_timestep = self.previous_timestep(int(timestep))
         t, prev = int(timestep), int(prev_timestep)
         (a_t, b_t), (a_s, b_s) = self._levels.level(t), self._levels.level(max(prev, -1))
         return torch.tensor(b_s * b_s * (1 - snr_ratio(a_t, b_t, a_s, b_s)), dtype=torch.float32)

@@ -125,7 +125,7 @@ class FrozenDict(dict[str, Any]):
             return self._hidden[key]
         raise KeyError(key)
 
-    def get(self, key: str, default: Any = None) -> Any:  # type: ignore[override]
+    def get(self, key: str, default: Any = None) -> Any:
         """``config[key]`` (hidden extension fields included), else ``default``."""
         if key in self:
             return dict.__getitem__(self, key)
@@ -341,7 +341,7 @@ class ConfigSurface:
     @staticmethod
     def _get_init_keys(input_class: type) -> set[str]:
         """The names of ``input_class.__init__``'s parameters (``self`` included), as diffusers' helper."""
-        return set(inspect.signature(input_class.__init__).parameters)
+        return set(inspect.signature(getattr(input_class, "__init__")).parameters)  # noqa: B009  (mypy: not an instance)
 
     @classmethod
     def _get_compatibles(cls) -> list[type]:

@@ -22,7 +22,10 @@ import numpy as np
 import torch
 
 from ..compat.output import DDIMSchedulerOutput
-from ..compat.scheduler_mixin import SchedulerMixin  # noqa: F401  (diffusers' pipeline loader looks for it beside the class)
+from ..compat.scheduler_mixin import (
+    DiffusersDDIMInverseScheduler,
+    SchedulerMixin,  # noqa: F401  (diffusers' pipeline loader looks for it beside the class)
+)
 from ..core._fused import takes_host_weights
 from ..core.runtime import compute_dtype, is_compiling
 from ..core.thresholding import X0Clip
@@ -62,7 +65,7 @@ def _take_deprecated(options: dict[str, Any]) -> dict[str, Any]:
     return options
 
 
-class DDIMInverseScheduler(DDIMSchedulerBase):
+class DDIMInverseScheduler(DDIMSchedulerBase, DiffusersDDIMInverseScheduler):
     """DDIM inversion scheduler, a drop-in for diffusers' ``DDIMInverseScheduler``.
 
     Takes the configuration of :class:`ddim_sched.DDIMScheduler` (diffusers' inverse scheduler's options

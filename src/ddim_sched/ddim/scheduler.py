@@ -11,7 +11,10 @@ import torch
 from ..common.arguments import eta_values, pattern_key
 from ..common.validation import check_floating_tensor
 from ..compat.output import DDIMSchedulerOutput
-from ..compat.scheduler_mixin import SchedulerMixin  # noqa: F401  (diffusers' pipeline loader looks for it beside the class)
+from ..compat.scheduler_mixin import (
+    DiffusersDDIMScheduler,
+    SchedulerMixin,  # noqa: F401  (diffusers' pipeline loader looks for it beside the class)
+)
 from ..core._fused import takes_host_weights
 from ..core.noise import Generator, randn
 from ..core.runtime import compute_dtype, is_compiling
@@ -41,7 +44,7 @@ def _check_out(out: Any, sample: torch.Tensor) -> None:
         )
 
 
-class DDIMScheduler(DDIMSchedulerBase):
+class DDIMScheduler(DDIMSchedulerBase, DiffusersDDIMScheduler):
     """Denoising diffusion implicit models (Song, Meng & Ermon 2020), a drop-in for diffusers' DDIMScheduler.
 
     Construct it with the same keyword arguments as diffusers' class (see :class:`DDIMConfig`) or with

@@ -113,8 +113,13 @@ class DDIMInverseScheduler(DDIMSchedulerBase, DiffusersDDIMInverseScheduler):
 
     @property
     def initial_alpha_cumprod(self) -> torch.Tensor:
-        """ᾱ before the first step (the clean sample): 1 with set_alpha_to_one, else ᾱ_0; float32."""
+        """ᾱ before the first step (the clean sample): 1 with set_alpha_to_one, else ᾱ_0; float32. Assignable
+        to either, as ``final_alpha_cumprod``."""
         return self.final_alpha_cumprod
+
+    @initial_alpha_cumprod.setter
+    def initial_alpha_cumprod(self, value: Any) -> None:
+        self._assign_final(value)
 
     # ------------------------------------------------------------------ schedule
 

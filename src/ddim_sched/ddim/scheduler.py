@@ -54,8 +54,8 @@ class DDIMScheduler(DDIMSchedulerBase, DiffusersDDIMScheduler):
     Dtype rule: the noise tables (β, ᾱ) and every step coefficient are computed in float64 and cast once
     to the compute dtype: float64 for float64 samples, float32 otherwise. Half-precision samples are
     therefore stepped in float32 and returned in their own dtype. The public ``betas``, ``alphas``,
-    ``alphas_cumprod`` and ``final_alpha_cumprod`` are float32 CPU tensors, as in diffusers (assigning them
-    changes nothing); ``alpha_bar`` is the float64 table.
+    ``alphas_cumprod`` and ``final_alpha_cumprod`` are float32 CPU tensors, as in diffusers (assigning one
+    makes it the scheduler's table and derives the others); ``alpha_bar`` is the float64 table.
 
     Devices: ``step`` never copies from the device to the host. A tensor timestep that is an element of
     :attr:`timesteps` (as a pipeline's loop yields) is recognised without reading it; other device

@@ -32,6 +32,7 @@ from ..core.thresholding import X0Clip
 from ..core.update import StepCoefficients
 from ..tables.spacing import check_timesteps
 from .base import DDIMSchedulerBase, TimestepsArg, _check_pair
+from .config import DDIMConfig
 
 _DEPRECATED_ALPHA_KWARG = "set_alpha_to_zero"
 # The constructor options of diffusers' DDIMInverseScheduler; the others appear in config only when changed.
@@ -74,6 +75,10 @@ class DDIMInverseScheduler(DDIMSchedulerBase, DiffusersDDIMInverseScheduler):
     ``leading``/``trailing``. As in diffusers, ``clip_sample`` clamps x̂0, ``thresholding`` is ignored and
     there is no η (inversion is deterministic). :meth:`from_scheduler` gives the exact reverse of a
     DDIMScheduler's schedule, custom timesteps included.
+
+    ``prediction_type="sample"`` with ``set_alpha_to_one=True`` is refused with a ValueError at construction
+    (or when a config change makes it so): the first step would start from ᾱ = 1, where the noise an
+    x0-predicting model implies is 0/0 (diffusers returns Inf/NaN latents there).
     """
 
     _compatibles: ClassVar[list[str]] = []  # as diffusers' DDIMInverseScheduler: no scheduler shares its role
@@ -87,6 +92,19 @@ class DDIMInverseScheduler(DDIMSchedulerBase, DiffusersDDIMInverseScheduler):
         list(inspect.signature(DDIMSchedulerBase.__init__).parameters.values())
         + [inspect.Parameter("kwargs", inspect.Parameter.VAR_KEYWORD)]
     )
+
+    def _set_config(self, config: DDIMConfig) -> None:
+        """Refuse a config whose first inversion step is undefined, then install it."""
+        if config.prediction_type == "sample" and config.set_alpha_to_one:
+            # From ᾱ = 1 the sample is x0 itself and says nothing about the noise: ε̂ = (x − √ᾱ·x̂0)/√(1 − ᾱ)
+            # is 0/0 for a model that predicts x0 (NaN latents), and no limit exists (x − x̂0 is anything).
+            raise ValueError(
+                "DDIMInverseScheduler(prediction_type='sample', set_alpha_to_one=True) cannot invert: the first "
+                "step starts from the clean sample (alpha_bar = 1), where the noise (x - sqrt(alpha_bar) * x0) / "
+                "sqrt(1 - alpha_bar) is 0/0 for a model that predicts x0. Pass set_alpha_to_one=False (start from "
+                "alpha_bar[0] < 1), or use an epsilon or v_prediction model."
+            )
+        super()._set_config(config)
 
     @classmethod
     def from_scheduler(cls, scheduler: Any) -> DDIMInverseScheduler:

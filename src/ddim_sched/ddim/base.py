@@ -83,6 +83,21 @@ def implied_betas(name: str, value: Any, num_train_timesteps: int) -> torch.Tens
     return 1.0 - ratio
 
 
+def _whole_timesteps(timesteps: Any) -> Any:
+    """A floating tensor of whole numbers (LEDITS++ passes ``torch.Tensor([t])`` to ``add_noise``) as int64;
+    any other value as given. Reads the tensor (a device tensor syncs once).
+
+    Raises:
+        TypeError: A floating tensor with a fractional, infinite or NaN element (naming it).
+    """
+    if not (isinstance(timesteps, torch.Tensor) and timesteps.is_floating_point()):
+        return timesteps
+    whole = timesteps.to(torch.int64)
+    if not bool((whole.to(timesteps.dtype) == timesteps).all()):
+        raise TypeError(f"timesteps must be whole numbers; got {timesteps!r}")
+    return whole
+
+
 def _check_pair(first: str, a: Any, second: str, b: Any) -> None:
     """Both floating tensors of one shape with a batch dimension."""
     if type(a) is torch.Tensor and type(b) is torch.Tensor and a.is_floating_point() and b.is_floating_point():
@@ -499,7 +514,8 @@ class DDIMSchedulerBase(StepProgress, ConfigSurface, SchedulerMixin):
         Args:
             original_samples: x0, [B, ...], floating.
             noise: ε, the same shape or one that broadcasts with it (one noise for the batch: [1, ...]).
-            timesteps: An int, a 0-d tensor, or a [B] integer tensor (one per sample), any device.
+            timesteps: An int, a 0-d tensor, or a [B] integer tensor (one per sample), any device; a floating
+                tensor of whole numbers is taken as those integers.
 
         Returns:
             x_t in the samples' dtype and the broadcast shape, computed in at least float32. The scheduler is
@@ -509,7 +525,7 @@ class DDIMSchedulerBase(StepProgress, ConfigSurface, SchedulerMixin):
             TypeError, ValueError: Non-floating tensors, shapes that do not broadcast, bad timesteps.
         """
         original_samples, noise = _broadcast_pair("original_samples", original_samples, "noise", noise)
-        return self._combine(original_samples, noise, timesteps, velocity=False)
+        return self._combine(original_samples, noise, _whole_timesteps(timesteps), velocity=False)
 
     def get_velocity(self, sample: torch.Tensor, noise: torch.Tensor, timesteps: Any) -> torch.Tensor:
         """The v-prediction target: v = √ᾱ_t · ε − √(1−ᾱ_t) · x0 (``sample`` is x0 here, as in diffusers).
@@ -517,14 +533,14 @@ class DDIMSchedulerBase(StepProgress, ConfigSurface, SchedulerMixin):
         Args:
             sample: x0, [B, ...], floating.
             noise: ε, the same shape or one that broadcasts with it.
-            timesteps: An int, a 0-d tensor, or a [B] integer tensor.
+            timesteps: An int, a 0-d tensor, or a [B] integer tensor (a floating tensor of whole numbers too).
 
         Returns:
             v in the sample's dtype and the broadcast shape, computed in at least float32. The scheduler is not
             modified.
         """
         sample, noise = _broadcast_pair("sample", sample, "noise", noise)
-        return self._combine(sample, noise, timesteps, velocity=True)
+        return self._combine(sample, noise, _whole_timesteps(timesteps), velocity=True)
 
     def scale_model_input(self, sample: torch.Tensor, timestep: Any = None) -> torch.Tensor:
         """Return ``sample`` unchanged: DDIM needs no input scaling (present for pipeline compatibility)."""

@@ -4,7 +4,7 @@ schedulers carry, so that pipelines and diffusers' own tests treat these classes
 
 The rules follow diffusers' ``ConfigMixin`` (0.42.1), written here from its documented behaviour:
 
-* ``config`` is a read-only dict with attribute access. It holds the config's fields as diffusers' class
+* ``config`` is a dict with attribute access (``FrozenDict``). It holds the config's fields as diffusers' class
   names them; ddim_sched's extension fields appear only when they differ from their defaults (so that
   diffusers accepts the config silently) and are readable as ``config.name`` / ``config["name"]`` always.
   After the fields come the metadata keys: ``_use_default_values`` (the fields the constructor was not

@@ -30,10 +30,9 @@ from .plan import NoiseLevels, Schedule
 
 TimestepsArg = Sequence[int] | np.ndarray | torch.Tensor
 
-# The config fields that choose which timesteps a schedule visits: diffusers reads them in set_timesteps, so
-# a change applies from the next one (a schedule already set keeps its timesteps).
-SCHEDULE_FIELDS: tuple[str, ...] = ("timestep_spacing", "steps_offset", "prev_timestep_rule")
-# The fields a schedule's steps depend on: a change re-derives the current schedule's steps at once.
+# The fields a schedule's steps depend on: a change re-derives the current schedule's steps at once. (The
+# fields that choose which timesteps it visits, timestep_spacing, steps_offset and prev_timestep_rule, apply
+# from the next set_timesteps, where diffusers reads them.)
 STEP_FIELDS: tuple[str, ...] = (
     "beta_start",
     "beta_end",
@@ -158,7 +157,8 @@ class DDIMSchedulerBase(StepProgress, ConfigSurface, SchedulerMixin):
         """Install a validated config, with the effect a change has in diffusers (which reads its config when
         ``set_timesteps`` or ``step`` runs): the noise tables and the step's options (prediction type,
         clipping, thresholding) change at once, and a schedule already set keeps its timesteps but steps with
-        them; the fields that choose timesteps (:data:`SCHEDULE_FIELDS`) apply from the next ``set_timesteps``.
+        them; the fields that choose timesteps (``timestep_spacing``, ``steps_offset``, ``prev_timestep_rule``)
+        apply from the next ``set_timesteps``.
         A new ``num_train_timesteps`` clears the schedule (its timesteps may not exist any more)."""
         old: DDIMConfig | None = self.__dict__.get("_config")
         betas = make_betas(

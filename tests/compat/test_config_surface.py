@@ -47,11 +47,16 @@ def test_config_metadata_keys_as_diffusers_carries_them(cls, tmp_path):
 
 
 def test_register_to_config_changes_fields_and_stores_other_keys():
-    scheduler = DDIMScheduler()
-    scheduler.set_timesteps(10)
-    scheduler.register_to_config(steps_offset=1, test_attribute=5)
+    scheduler, theirs = DDIMScheduler(), diffusers.DDIMScheduler()
+    for s in (scheduler, theirs):
+        s.set_timesteps(10)
+        s.register_to_config(steps_offset=1, test_attribute=5)
     assert scheduler.config.steps_offset == 1 and scheduler.config["test_attribute"] == 5
-    assert scheduler.timesteps.tolist()[-1] == 1  # the schedule set before follows the new field
+    # as in diffusers, the timesteps already chosen stay; the next set_timesteps follows the new field
+    assert scheduler.timesteps.tolist() == theirs.timesteps.tolist() and scheduler.timesteps.tolist()[-1] == 0
+    for s in (scheduler, theirs):
+        s.set_timesteps(10)
+    assert scheduler.timesteps.tolist() == theirs.timesteps.tolist() and scheduler.timesteps.tolist()[-1] == 1
     with pytest.raises(ValueError, match="steps_offset"):
         scheduler.register_to_config(steps_offset=-1)
 

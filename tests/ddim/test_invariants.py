@@ -301,18 +301,20 @@ def test_from_config_of_a_pndm_config_loads_silently_and_unknown_keys_warn_once(
     assert scheduler.timesteps.tolist() == [801, 601, 401, 201, 1]  # docs/concepts.md (timestep spacings)
 
 
-def test_config_attribute_and_key_access_and_frozen():
+def test_config_attribute_and_key_access_and_validated_writes():
     scheduler = DDIMScheduler(num_train_timesteps=123, timestep_spacing="trailing")
     assert scheduler.config.num_train_timesteps == scheduler.config["num_train_timesteps"] == 123
     assert scheduler.config.timestep_spacing == scheduler.config["timestep_spacing"] == "trailing"
     assert set(DIFFUSERS_FIELDS) <= set(scheduler.config)
     with pytest.raises(AttributeError, match="no_such_field"):
         _ = scheduler.config.no_such_field
+    with pytest.raises(ValueError, match="num_train_timesteps"):
+        scheduler.config["num_train_timesteps"] = 0
     with pytest.raises(TypeError):
-        scheduler.config["num_train_timesteps"] = 5
-    with pytest.raises(TypeError):
-        scheduler.config.num_train_timesteps = 5
-    assert scheduler.config.num_train_timesteps == 123
+        del scheduler.config["num_train_timesteps"]
+    assert scheduler.config.num_train_timesteps == 123 and len(scheduler) == 123
+    scheduler.config.num_train_timesteps = 5  # as diffusers allows: the scheduler changes with it
+    assert scheduler.config["num_train_timesteps"] == 5 and len(scheduler) == 5 and len(scheduler.alpha_bar) == 5
 
 
 def test_output_tuple_attribute_and_key_access():

@@ -190,6 +190,32 @@ def test_first_step_from_a_clean_sample_uses_initial_alpha():
     assert torch.equal(prev, out.prev_sample) and torch.equal(x0, out.pred_original_sample)
 
 
+@pytest.mark.parametrize("clip_sample", [False, True])
+def test_an_x0_model_from_alpha_bar_one_is_refused_at_construction(clip_sample):
+    # The first inversion step starts from ᾱ = 1: ε̂ = (x − √ᾱ·x̂0)/√(1 − ᾱ) is 0/0 (NaN latents before).
+    match = r"prediction_type='sample', set_alpha_to_one=True\) cannot invert.*set_alpha_to_one=False"
+    with pytest.raises(ValueError, match=match):
+        DDIMInverseScheduler(prediction_type="sample", clip_sample=clip_sample)
+    with pytest.raises(ValueError, match=match):
+        DDIMInverseScheduler.from_scheduler(DDIMScheduler(prediction_type="sample", clip_sample=clip_sample))
+    allowed = DDIMInverseScheduler(prediction_type="sample", clip_sample=clip_sample, set_alpha_to_one=False)
+    with pytest.raises(ValueError, match=match):
+        allowed.config.set_alpha_to_one = True
+    assert allowed.config.set_alpha_to_one is False
+    # From ᾱ_0 < 1 the first step is defined: ε̂ = (x − √ᾱ_0·m)/√(1 − ᾱ_0) (from the model output as given,
+    # as in diffusers), then x_t = √ᾱ_t·x̂0 + √(1 − ᾱ_t)·ε̂ with x̂0 = m, clamped with clip_sample.
+    allowed.set_timesteps(5)
+    x = torch.randn(2, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    m = 0.5 * x
+    t = int(allowed.timesteps[0])
+    a0, a = allowed.alpha_bar[0], allowed.alpha_bar[t]
+    x0 = m.clamp(-1, 1) if clip_sample else m
+    eps = (x - a0.sqrt() * m) / (1 - a0).sqrt()
+    out = allowed.step(m, t, x).prev_sample
+    assert torch.isfinite(out).all()
+    assert rel_l2(out, a.sqrt() * x0 + (1 - a).sqrt() * eps) < EXACT_RTOL[torch.float64]
+
+
 @pytest.mark.parametrize(
     "make",
     [

@@ -546,7 +546,6 @@ LINEAR_SHIFT = {"use_dynamic_shifting": True, "time_shift_type": "linear"}
         ({}, {"sigmas": [1.2, 0.5]}, ValueError, r"sigmas must lie in \(0, 1\].*got sigmas\[0\] = 1.2"),
         ({}, {"sigmas": [1.0, 0.0]}, ValueError, r"got sigmas\[1\] = 0.0"),
         ({}, {"timesteps": [500.0, 900.0]}, ValueError, "timesteps must be strictly decreasing"),
-        ({"use_dynamic_shifting": True}, {"num_inference_steps": 4}, ValueError, "mu must be given when use_dynamic"),
         (LINEAR_SHIFT, {"num_inference_steps": 4, "mu": -1.0}, ValueError, "mu must be > 0 for the linear.*-1.0"),
         ({}, {"num_inference_steps": 3, "sigmas": [1.0, 0.5]}, ValueError, "num_inference_steps=3 disagrees"),
         ({}, {"sigmas": [1.0, 0.5], "timesteps": [900.0]}, ValueError, "same length; got 2 and 1"),

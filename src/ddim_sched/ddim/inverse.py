@@ -22,7 +22,10 @@ import torch
 
 from ..common.arguments import check_pair
 from ..compat.output import DDIMSchedulerOutput
-from ..compat.scheduler_mixin import SchedulerMixin  # noqa: F401  (diffusers' pipeline loader looks for it beside the class)
+from ..compat.scheduler_mixin import (
+    DiffusersDDIMInverseScheduler,
+    SchedulerMixin,  # noqa: F401  (diffusers' pipeline loader looks for it beside the class)
+)
 from ..core.step import apply_step
 from ..core.thresholding import X0Clip
 from ..tables.spacing import check_timesteps
@@ -51,7 +54,7 @@ def _take_deprecated(options: dict[str, Any]) -> dict[str, Any]:
     return options
 
 
-class DDIMInverseScheduler(DDIMSchedulerBase):
+class DDIMInverseScheduler(DDIMSchedulerBase, DiffusersDDIMInverseScheduler):
     """DDIM inversion scheduler, a drop-in for diffusers' ``DDIMInverseScheduler``.
 
     Takes the configuration of :class:`ddim_sched.DDIMScheduler` (diffusers' inverse scheduler's options
@@ -60,8 +63,13 @@ class DDIMInverseScheduler(DDIMSchedulerBase):
     ``leading``/``trailing``. As in diffusers, ``clip_sample`` clamps x̂0, ``thresholding`` is ignored and
     there is no η (inversion is deterministic). :meth:`from_scheduler` gives the exact reverse of a
     DDIMScheduler's schedule, custom timesteps included.
+
+    ``prediction_type="sample"`` with ``set_alpha_to_one=True`` is refused with a ValueError at construction
+    (or when a config change makes it so): the first step would start from ᾱ = 1, where the noise an
+    x0-predicting model implies is 0/0 (diffusers returns Inf/NaN latents there).
     """
 
+    _compatibles: ClassVar[list[str]] = []  # as diffusers' DDIMInverseScheduler: no scheduler shares its role
     _deprecated_kwargs: ClassVar[list[str]] = [_DEPRECATED_ALPHA_KWARG]
     visible_fields: ClassVar[tuple[str, ...]] = INVERSE_FIELDS
 
@@ -72,6 +80,19 @@ class DDIMInverseScheduler(DDIMSchedulerBase):
         list(inspect.signature(DDIMSchedulerBase.__init__).parameters.values())
         + [inspect.Parameter("kwargs", inspect.Parameter.VAR_KEYWORD)]
     )
+
+    def _set_config(self, config: DDIMConfig) -> None:
+        """Refuse a config whose first inversion step is undefined, then install it."""
+        if config.prediction_type == "sample" and config.set_alpha_to_one:
+            # From ᾱ = 1 the sample is x0 itself and says nothing about the noise: ε̂ = (x − √ᾱ·x̂0)/√(1 − ᾱ)
+            # is 0/0 for a model that predicts x0 (NaN latents), and no limit exists (x − x̂0 is anything).
+            raise ValueError(
+                "DDIMInverseScheduler(prediction_type='sample', set_alpha_to_one=True) cannot invert: the first "
+                "step starts from the clean sample (alpha_bar = 1), where the noise (x - sqrt(alpha_bar) * x0) / "
+                "sqrt(1 - alpha_bar) is 0/0 for a model that predicts x0. Pass set_alpha_to_one=False (start from "
+                "alpha_bar[0] < 1), or use an epsilon or v_prediction model."
+            )
+        super()._set_config(config)
 
     @classmethod
     def from_scheduler(cls, scheduler: Any) -> DDIMInverseScheduler:
@@ -103,8 +124,13 @@ class DDIMInverseScheduler(DDIMSchedulerBase):
 
     @property
     def initial_alpha_cumprod(self) -> torch.Tensor:
-        """ᾱ before the first step (the clean sample): 1 with set_alpha_to_one, else ᾱ_0; float32."""
+        """ᾱ before the first step (the clean sample): 1 with set_alpha_to_one, else ᾱ_0; float32. Assignable
+        to either, as ``final_alpha_cumprod``."""
         return self.final_alpha_cumprod
+
+    @initial_alpha_cumprod.setter
+    def initial_alpha_cumprod(self, value: Any) -> None:
+        self._assign_final(value)
 
     # ------------------------------------------------------------------ schedule
 

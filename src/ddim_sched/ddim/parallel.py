@@ -18,7 +18,10 @@ import torch
 
 from ..common.arguments import check_pair, eta_values
 from ..compat.output import DDIMSchedulerOutput
-from ..compat.scheduler_mixin import SchedulerMixin  # noqa: F401  (diffusers' pipeline loader looks for it beside the class)
+from ..compat.scheduler_mixin import (
+    DiffusersDDIMParallelScheduler,
+    SchedulerMixin,  # noqa: F401  (diffusers' pipeline loader looks for it beside the class)
+)
 from ..core.step import apply_step
 from ..core.update import snr_ratio
 from .scheduler import DDIMScheduler
@@ -29,7 +32,7 @@ class DDIMParallelSchedulerOutput(DDIMSchedulerOutput):
     """Output of :meth:`DDIMParallelScheduler.step` (the fields of :class:`DDIMSchedulerOutput`)."""
 
 
-class DDIMParallelScheduler(DDIMScheduler):
+class DDIMParallelScheduler(DDIMScheduler, DiffusersDDIMParallelScheduler):
     """A drop-in for diffusers' ``DDIMParallelScheduler``: :class:`DDIMScheduler` plus ``batch_step_no_noise``."""
 
     _is_ode_scheduler: ClassVar[bool] = True

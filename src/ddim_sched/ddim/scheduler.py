@@ -9,7 +9,10 @@ import torch
 
 from ..common.arguments import check_pair, eta_values, step_noise
 from ..compat.output import DDIMSchedulerOutput
-from ..compat.scheduler_mixin import SchedulerMixin  # noqa: F401  (diffusers' pipeline loader looks for it beside the class)
+from ..compat.scheduler_mixin import (
+    DiffusersDDIMScheduler,
+    SchedulerMixin,  # noqa: F401  (diffusers' pipeline loader looks for it beside the class)
+)
 from ..core.noise import Generator
 from ..core.step import apply_step, check_out
 from ..core.update import StepCoefficients, snr_ratio
@@ -18,7 +21,7 @@ from .base import DDIMSchedulerBase, SigmasArg, TimestepsArg
 StepResult = DDIMSchedulerOutput | tuple[torch.Tensor, torch.Tensor]
 
 
-class DDIMScheduler(DDIMSchedulerBase):
+class DDIMScheduler(DDIMSchedulerBase, DiffusersDDIMScheduler):
     """Denoising diffusion implicit models (Song, Meng & Ermon 2020), a drop-in for diffusers' DDIMScheduler.
 
     Construct it with the same keyword arguments as diffusers' class (see :class:`DDIMConfig`) or with
@@ -28,8 +31,8 @@ class DDIMScheduler(DDIMSchedulerBase):
     Dtype rule: the noise tables (β, ᾱ) and every step coefficient are computed in float64 and cast once
     to the compute dtype: float64 for float64 samples, float32 otherwise. Half-precision samples are
     therefore stepped in float32 and returned in their own dtype. The public ``betas``, ``alphas``,
-    ``alphas_cumprod`` and ``final_alpha_cumprod`` are float32 CPU tensors, as in diffusers (assigning them
-    changes nothing); ``alpha_bar`` is the float64 table.
+    ``alphas_cumprod`` and ``final_alpha_cumprod`` are float32 CPU tensors, as in diffusers (assigning one
+    makes it the scheduler's table and derives the others); ``alpha_bar`` is the float64 table.
 
     Devices: ``step`` never copies from the device to the host. A tensor timestep that is an element of
     :attr:`timesteps` (as a pipeline's loop yields) is recognised without reading it; other device
@@ -209,9 +212,15 @@ class DDIMScheduler(DDIMSchedulerBase):
         self._levels.check_defined(t, self._config.prediction_type)
         return schedule.row(schedule.sampling_key(t), rate)
 
-    def _get_variance(self, timestep: int | torch.Tensor, prev_timestep: int | torch.Tensor) -> torch.Tensor:
+    def _get_variance(
+        self, timestep: int | torch.Tensor, prev_timestep: int | torch.Tensor | None = None
+    ) -> torch.Tensor:
         """DDPM's posterior variance σ²(η = 1) of a step from ``timestep`` to ``prev_timestep`` (negative:
-        past the end), as diffusers' private method returns it (a float32 tensor; computed in float64)."""
+        past the end), as diffusers' private method returns it (a float32 tensor; computed in float64).
+        Without ``prev_timestep``, where the step from ``timestep`` lands (:meth:`previous_timestep`: diffusers'
+        t − T // S under the default rule, as its DDIMParallelScheduler defaults it; needs set_timesteps)."""
+        if prev_timestep is None:
+            prev_timestep = self.previous_timestep(int(timestep))
         t, prev = int(timestep), int(prev_timestep)
         (a_t, b_t), (a_s, b_s) = self._levels.level(t), self._levels.level(max(prev, -1))
         return torch.tensor(b_s * b_s * (1 - snr_ratio(a_t, b_t, a_s, b_s)), dtype=torch.float32)

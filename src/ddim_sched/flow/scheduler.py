@@ -10,6 +10,7 @@ exactly diffusers' Euler step x_s = x + (σ_s − σ_t)·u; η = 1 adds the DDPM
 from __future__ import annotations
 
 import inspect
+import math
 from collections.abc import Sequence
 from typing import Any, ClassVar, Literal, overload
 
@@ -21,12 +22,16 @@ from ..common.progress import StepProgress
 from ..common.validation import check_real
 from ..compat.config_surface import ConfigSurface
 from ..compat.output import DDIMSchedulerOutput
-from ..compat.scheduler_mixin import SchedulerMixin
+from ..compat.scheduler_mixin import (
+    DiffusersFlowMatchEulerDiscreteScheduler,
+    SchedulerMixin,  # noqa: F401  (diffusers' pipeline loader looks for it beside the class)
+)
 from ..core.noise import Generator
 from ..core.runtime import compute_dtype
 from ..core.step import apply_step, check_out
 from ..core.update import prediction_weights
 from ..tables.flow_sigmas import shift_sigmas, stretch_to_terminal, time_shift
+from ..tables.sigma_grids import beta_sigmas, exponential_sigmas, karras_sigmas
 from .arguments import check_timestep_type
 from .config import FlowMatchDDIMConfig
 from .plan import FlowSchedule, plan_schedule
@@ -36,7 +41,11 @@ StepResult = DDIMSchedulerOutput | tuple[torch.Tensor]
 Values = Sequence[float] | np.ndarray | torch.Tensor
 
 
-class FlowMatchDDIMScheduler(StepProgress, ConfigSurface, SchedulerMixin):
+class _SetIndex(int):
+    """A step index set through ``_step_index`` (diffusers' attribute), told apart from a recorded timestep."""
+
+
+class FlowMatchDDIMScheduler(StepProgress, ConfigSurface, DiffusersFlowMatchEulerDiscreteScheduler):
     """DDIM (Song, Meng & Ermon 2020) for flow-matching models, a drop-in for diffusers'
     FlowMatchEulerDiscreteScheduler: same constructor, config, ``set_timesteps`` (``sigmas``, ``timesteps``,
     ``mu``), ``scale_noise``, ``set_begin_index``/``step_index`` and float timesteps, plus η.
@@ -145,6 +154,67 @@ class FlowMatchDDIMScheduler(StepProgress, ConfigSurface, SchedulerMixin):
             raise ValueError("stretch_shift_to_terminal needs config.shift_terminal; it is None")
         return stretch_to_terminal(t, self._config.shift_terminal)
 
+    # diffusers' private helpers of FlowMatchEulerDiscreteScheduler, for code that calls them (as a
+    # pipeline may call any method of its scheduler); each gives what diffusers' gives.
+
+    def _sigma_to_t(self, sigma: Any) -> Any:
+        """The timestep of noise level σ: σ·T."""
+        return sigma * self._config.num_train_timesteps
+
+    def _time_shift_exponential(self, mu: float, sigma: float, t: Any) -> Any:
+        """The exponential dynamic shift e^μ / (e^μ + (1/t − 1)^sigma)."""
+        return time_shift(mu, sigma, t, "exponential")
+
+    def _time_shift_linear(self, mu: float, sigma: float, t: Any) -> Any:
+        """The linear dynamic shift μ / (μ + (1/t − 1)^sigma)."""
+        return time_shift(mu, sigma, t, "linear")
+
+    def _grid_ends(self, in_sigmas: Any) -> tuple[float, float]:
+        """(σ_min, σ_max) of a respaced grid: the config's ``sigma_min`` / ``sigma_max`` keys where it has them,
+        else the last and first of ``in_sigmas``."""
+        lowest, highest = self.config.get("sigma_min"), self.config.get("sigma_max")
+        return (
+            float(in_sigmas[-1]) if lowest is None else float(lowest),
+            float(in_sigmas[0]) if highest is None else float(highest),
+        )
+
+    def _convert_to_karras(self, in_sigmas: Any, num_inference_steps: int) -> np.ndarray:
+        """``num_inference_steps`` Karras levels between the ends of ``in_sigmas`` (see :meth:`_grid_ends`)."""
+        return karras_sigmas(*self._grid_ends(in_sigmas), num_inference_steps)
+
+    def _convert_to_exponential(self, in_sigmas: Any, num_inference_steps: int) -> np.ndarray:
+        """``num_inference_steps`` levels uniform in log σ between the ends of ``in_sigmas``."""
+        return exponential_sigmas(*self._grid_ends(in_sigmas), num_inference_steps)
+
+    def _convert_to_beta(
+        self, in_sigmas: Any, num_inference_steps: int, alpha: float = 0.6, beta: float = 0.6
+    ) -> np.ndarray:
+        """``num_inference_steps`` levels at Beta(α, β) quantiles between the ends of ``in_sigmas``."""
+        return beta_sigmas(*self._grid_ends(in_sigmas), num_inference_steps, alpha, beta)
+
+    @property
+    def _step_index(self) -> int | None:
+        """diffusers' attribute: :attr:`step_index`, which code may also set (or reset with None)."""
+        return self.step_index
+
+    @_step_index.setter
+    def _step_index(self, index: int | None) -> None:
+        if index is None:
+            self._first_timestep, self._steps_taken = None, 0
+        elif self._begin_index is None:
+            self._first_timestep, self._steps_taken = _SetIndex(index), 0
+        else:
+            self._first_timestep, self._steps_taken = _SetIndex(index), int(index) - self._begin_index
+
+    def _init_step_index(self, timestep: float | torch.Tensor) -> None:
+        """Start counting steps at ``begin_index``, or else at the index of ``timestep`` (as diffusers' helper)."""
+        self._step_index = self._begin_index if self._begin_index is not None else self.index_for_timestep(timestep)
+
+    def scale_model_input(self, sample: torch.Tensor, timestep: Any = None) -> torch.Tensor:
+        """Return ``sample`` unchanged: the flow path needs no input scaling. (diffusers' flow scheduler has no
+        such method; pipelines that call it on any other scheduler class, as Bria's does, call it here.)"""
+        return sample
+
     # ------------------------------------------------------------------ choosing timesteps
 
     def set_timesteps(
@@ -163,15 +233,20 @@ class FlowMatchDDIMScheduler(StepProgress, ConfigSurface, SchedulerMixin):
             num_inference_steps: S >= 1; optional when sigmas or timesteps are given (then their length).
             device: Where to put :attr:`timesteps` and :attr:`sigmas`.
             sigmas: Custom noise levels, strictly decreasing, in (0, 1], before shifting.
-            mu: The dynamic shift's μ: required with ``use_dynamic_shifting``, ignored without it.
+            mu: The dynamic shift's μ with ``use_dynamic_shifting`` (ignored without it). When it is not given
+                (pipelines pass it only to diffusers' own class), the dynamic shift takes the value that
+                equals the static shift s in use (:attr:`shift`): μ = ln s for the exponential shift, μ = s for
+                the linear one.
             timesteps: Custom timesteps, strictly decreasing (in (0, T] when they also give the levels):
                 passed to the model as given.
 
         Raises:
             ValueError: Nothing to choose from; lengths that disagree; levels or timesteps that are not
-                strictly decreasing or out of range; mu missing (or <= 0 for the linear shift).
+                strictly decreasing or out of range; mu <= 0 for the linear shift.
             TypeError: Values of the wrong type.
         """
+        if mu is None and self._config.use_dynamic_shifting:
+            mu = self._shift if self._config.time_shift_type == "linear" else math.log(self._shift)
         schedule = plan_schedule(
             self._config,
             self._shift,
@@ -194,7 +269,10 @@ class FlowMatchDDIMScheduler(StepProgress, ConfigSurface, SchedulerMixin):
     # ------------------------------------------------------------------ progress (begin_index, step_index)
 
     def _index_of_first(self, first: Any) -> int | None:
-        """The index of the first step's timestep (recorded by :meth:`step`), looked up here."""
+        """The index of the first step's timestep (recorded by :meth:`step`), looked up here; an index set
+        through ``_step_index`` as it is."""
+        if isinstance(first, _SetIndex):
+            return int(first)
         schedule = self._schedule or self._training
         if isinstance(first, torch.Tensor):
             if first.numel() != 1:

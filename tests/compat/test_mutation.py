@@ -262,3 +262,17 @@ def test_a_stepping_thread_keeps_the_schedule_it_started_with():
     assert outcomes
     for i, result in outcomes:
         assert any(torch.equal(result, e[i]) for e in expected), i
+
+
+@pytest.mark.parametrize("change", [dict(beta_end=0.03), dict(prediction_type="v_prediction")])
+def test_a_config_change_keeps_an_inverse_schedule_inverse(change):
+    """A change of the tables or the prediction type re-derives the current schedule's steps: the inverse
+    scheduler's steps still go up in noise, as a fresh inverse scheduler with the new config steps."""
+    changed = DDIMInverseScheduler(clip_sample=False)
+    changed.set_timesteps(10)
+    changed.register_to_config(**change)
+    fresh = DDIMInverseScheduler(clip_sample=False, **change)
+    fresh.set_timesteps(10)
+    x = torch.randn(2, 3, generator=torch.Generator().manual_seed(0))
+    for t in fresh.timesteps:
+        assert torch.equal(changed.step(0.1 * x, int(t), x).prev_sample, fresh.step(0.1 * x, int(t), x).prev_sample)

@@ -21,7 +21,6 @@ from ..compat.config_surface import ConfigSurface
 from ..compat.scheduler_mixin import SchedulerMixin
 from ..core.runtime import compute_dtype
 from ..core.thresholding import ClipMode, X0Clip, dynamic_threshold
-from ..tables.betas import alpha_bar_from_betas, make_betas
 from ..tables.spacing import SPACINGS, check_timesteps, successor_stride, timesteps_from_sigmas
 from .carried_flags import SIGMA_FLAG_SPACINGS, warn_carried_sigma_flags
 from .config import DDIMConfig
@@ -130,17 +129,7 @@ class DDIMSchedulerBase(StepProgress, ConfigSurface, SchedulerMixin):
         apply from the next ``set_timesteps``.
         A new ``num_train_timesteps`` clears the schedule (its timesteps may not exist any more)."""
         old: DDIMConfig | None = self.__dict__.get("_config")
-        betas = make_betas(
-            config.num_train_timesteps,
-            config.beta_start,
-            config.beta_end,
-            config.beta_schedule,
-            config.trained_betas,
-            config.rescale_betas_zero_snr,
-            config.snr_shift_scale,
-        )
-        alpha_bar = alpha_bar_from_betas(betas)
-        final = 1.0 if config.set_alpha_to_one else float(alpha_bar[0])
+        betas, alpha_bar, final = config.noise_tables()
         levels = NoiseLevels(alpha_bar, final)
         schedule: Schedule | None = self.__dict__.get("_schedule")
         self._config, self._betas, self._levels = config, betas, levels
@@ -152,7 +141,12 @@ class DDIMSchedulerBase(StepProgress, ConfigSurface, SchedulerMixin):
         elif any(getattr(old, f) != getattr(config, f) for f in STEP_FIELDS):
             # the same timesteps, on the new tables (one assignment: a step in flight keeps the old schedule)
             renewed = Schedule(
-                schedule.timesteps, levels, config.prediction_type, schedule.stride, schedule.tensor.device
+                schedule.timesteps,
+                levels,
+                config.prediction_type,
+                schedule.stride,
+                schedule.tensor.device,
+                schedule.inverse,
             )
             if self.__dict__.get("_timesteps") is schedule.tensor:
                 self.__dict__["_timesteps"] = renewed.tensor

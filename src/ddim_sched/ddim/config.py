@@ -8,12 +8,13 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal, get_args
 
 import numpy as np
+import torch
 
 from ..common.frozen_config import FrozenConfig
 from ..common.validation import check_choice, check_flag, check_int, check_real
 from ..compat.config_surface import COMPATIBLE_KEYS
 from ..core.update import VP_PREDICTION_TYPES, PredictionType
-from ..tables.betas import BETA_SCHEDULES
+from ..tables.betas import BETA_SCHEDULES, alpha_bar_from_betas, make_betas
 from ..tables.spacing import SPACINGS
 from .carried_flags import warn_carried_sigma_flags
 
@@ -163,6 +164,22 @@ class DDIMConfig(FrozenConfig):
         put("dynamic_thresholding_ratio", ratio)
         for name in ("clip_sample_range", "sample_max_value", "snr_shift_scale"):
             put(name, check_real(name, getattr(self, name), 0.0, strict=True))
+
+    def noise_tables(self) -> tuple[torch.Tensor, torch.Tensor, float]:
+        """(β_1..β_T, ᾱ_0..ᾱ_{T−1}, ᾱ after the last step) in float64 on the CPU: the β schedule or the trained
+        betas, then the SNR shift, then the zero-SNR rescale; the last level is 1 with ``set_alpha_to_one``,
+        else ᾱ_0."""
+        betas = make_betas(
+            self.num_train_timesteps,
+            self.beta_start,
+            self.beta_end,
+            self.beta_schedule,
+            self.trained_betas,
+            self.rescale_betas_zero_snr,
+            self.snr_shift_scale,
+        )
+        alpha_bar = alpha_bar_from_betas(betas)
+        return betas, alpha_bar, 1.0 if self.set_alpha_to_one else float(alpha_bar[0])
 
     @classmethod
     def from_mapping(cls, mapping: Mapping[str, Any], **overrides: Any) -> DDIMConfig:

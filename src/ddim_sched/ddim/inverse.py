@@ -210,7 +210,7 @@ class DDIMInverseScheduler(DDIMSchedulerBase, DiffusersDDIMInverseScheduler):
         check_pair("model_output", model_output, "sample", sample)
         coefficients = schedule.coefficients(timestep, 0.0, sample, model_output)
         prev_sample, pred_original_sample = apply_step(
-            model_output, sample, coefficients, self._config.prediction_type, self._clip
+            model_output, sample, coefficients, schedule.prediction_type, self._clip
         )
         self._count_step(timestep)
         if not return_dict:

@@ -66,7 +66,7 @@ class DDIMParallelScheduler(DDIMScheduler, DiffusersDDIMParallelScheduler):
         eta = eta_values(eta, tuple(sample.shape), sample.device)
         coefficients = schedule.coefficients(timesteps, eta, sample, model_output)
         prev_sample, _ = apply_step(
-            model_output, sample, coefficients, self._config.prediction_type, self._clip, use_clipped_model_output,
+            model_output, sample, coefficients, schedule.prediction_type, self._clip, use_clipped_model_output,
             with_x0=False,
         )  # fmt: skip
         return prev_sample

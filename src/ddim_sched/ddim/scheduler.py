@@ -186,7 +186,7 @@ class DDIMScheduler(DDIMSchedulerBase, DiffusersDDIMScheduler):
         if stochastic or variance_noise is not None:
             noise = step_noise(stochastic, sample, generator, variance_noise)
         prev_sample, pred_original_sample = apply_step(
-            model_output, sample, coefficients, self._config.prediction_type, self._clip, use_clipped_model_output,
+            model_output, sample, coefficients, schedule.prediction_type, self._clip, use_clipped_model_output,
             noise, out,
         )  # fmt: skip
         self._count_step(timestep)

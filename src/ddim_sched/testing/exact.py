@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from ..ddim.config import DDIMConfig
-from ..tables.betas import alpha_bar_from_betas, betas_from_alpha_bar, make_betas
+from ..tables.betas import betas_from_alpha_bar
 
 __all__ = ["ExactReference", "direction_rounding", "landing", "private_copy", "relative_error", "step_output"]
 
@@ -109,17 +109,7 @@ def _float64_tables(reference: Any, candidate: Any) -> tuple[torch.Tensor, torch
     except (TypeError, ValueError) as err:
         reason = f"the reference's config is not a DDIM config ({err})"
     else:
-        betas = make_betas(
-            parsed.num_train_timesteps,
-            parsed.beta_start,
-            parsed.beta_end,
-            parsed.beta_schedule,
-            parsed.trained_betas,
-            parsed.rescale_betas_zero_snr,
-            parsed.snr_shift_scale,
-        )
-        alpha_bar = alpha_bar_from_betas(betas)
-        final64 = 1.0 if parsed.set_alpha_to_one else float(alpha_bar[0])
+        betas, alpha_bar, final64 = parsed.noise_tables()
         if _reproduces(table, final, alpha_bar, final64):
             return betas, alpha_bar, final64
         reason = "the float64 table built from the reference's config does not reproduce its alphas_cumprod"

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import math
 import re
 from collections.abc import Iterable
@@ -132,19 +131,6 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
             group.add_argument(flag, dest=f.name, type=float, default=None, metavar="X", help=help_text)
 
 
-def _read_config_file(path: Path) -> dict[str, Any]:
-    """The JSON object in the file ``path``, whatever the file is called; ValueError naming the file otherwise."""
-    try:
-        data = json.loads(path.read_bytes().decode("utf-8"))
-    except UnicodeDecodeError as err:
-        raise ValueError(f"scheduler config {str(path)!r} is not UTF-8 text: {err}") from None
-    except json.JSONDecodeError as err:
-        raise ValueError(f"scheduler config {str(path)!r} is not valid JSON: {err}") from None
-    if not isinstance(data, dict):
-        raise ValueError(f"scheduler config {str(path)!r} must hold a JSON object; got {type(data).__name__}")
-    return data
-
-
 def config_from_args(args: argparse.Namespace) -> tuple[DDIMConfig, dict[str, Any], dict[str, Any]]:
     """(validated config, the file's raw mapping, the flag overrides) from --config and the field flags.
 
@@ -155,7 +141,7 @@ def config_from_args(args: argparse.Namespace) -> tuple[DDIMConfig, dict[str, An
     if args.config is not None:
         path = Path(args.config)
         try:
-            data = _read_config_file(path) if path.is_file() else read_config(path)
+            data = read_config(path)
         except (ValueError, OSError) as err:
             raise UsageError(f"--config: {err}") from None
     overrides = {

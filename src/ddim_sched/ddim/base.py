@@ -174,7 +174,10 @@ class DDIMSchedulerBase(StepProgress, ConfigSurface, SchedulerMixin):
         self._reset_progress()
 
     def _install(self, schedule: Schedule, request: dict[str, Any] | None) -> None:
-        """Make ``schedule`` current (one assignment: a step in flight keeps the one it started with)."""
+        """Make ``schedule`` current (one assignment: a step in flight keeps the one it started with) and its
+        timesteps the public ``timesteps``; ``request`` (set_timesteps' arguments) re-derives it after a change
+        of ``num_train_timesteps``, None where it cannot."""
+        self.timesteps = schedule.tensor
         self._schedule = schedule
         self._schedule_request = request
         self.num_inference_steps = len(schedule)

@@ -110,7 +110,6 @@ class DDIMInverseScheduler(DDIMSchedulerBase, DiffusersDDIMInverseScheduler):
         forward = scheduler._schedule
         if forward is not None:
             schedule = forward.reversed(scheduler.timesteps.device)
-            inverse.timesteps = schedule.tensor
             inverse._install(schedule, None)  # not re-derivable: a config change clears it
         return inverse
 
@@ -166,7 +165,6 @@ class DDIMInverseScheduler(DDIMSchedulerBase, DiffusersDDIMInverseScheduler):
             schedule = self._plan(None, ascending[::-1].copy(), None).reversed(device)
         else:
             schedule = self._plan(num_inference_steps, timesteps, None, sigmas).reversed(device)
-        self.timesteps = schedule.tensor
         request = {
             "num_inference_steps": num_inference_steps,
             "device": device,

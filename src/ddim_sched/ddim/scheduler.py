@@ -86,7 +86,6 @@ class DDIMScheduler(DDIMSchedulerBase, DiffusersDDIMScheduler):
         """
         schedule = self._plan(num_inference_steps, timesteps, device, sigmas)
         self._levels.check_defined(int(schedule.timesteps.max()), self._config.prediction_type)
-        self.timesteps = schedule.tensor
         request = {
             "num_inference_steps": num_inference_steps,
             "device": device,

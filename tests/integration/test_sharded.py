@@ -8,24 +8,19 @@ rank 0 with the same step on the unsharded tensors."""
 from __future__ import annotations
 
 import os
-import socket
 import traceback
+from datetime import timedelta
 
 import pytest
 import torch
 import torch.multiprocessing as mp
+from torch.multiprocessing.spawn import ProcessException
 
 distributed = pytest.importorskip("torch.distributed")
 if not distributed.is_available():  # pragma: no cover - a torch built without distributed support
     pytest.skip("torch.distributed is not available", allow_module_level=True)
 
 WORLD = 2
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _cases(scheduler, flow: bool) -> dict[str, dict]:
@@ -44,10 +39,14 @@ def _cases(scheduler, flow: bool) -> dict[str, dict]:
     }
 
 
-def _worker(rank: int, port: int, errors) -> None:
+def _worker(rank: int, rendezvous: str, errors) -> None:
+    mismatches: list[str] = []
     try:
-        os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-        distributed.init_process_group("gloo", rank=rank, world_size=WORLD)
+        # A file rendezvous: no port to race for with other processes on the machine.
+        # (a rank that fails mid-way leaves the other waiting in a collective: give up after a minute)
+        distributed.init_process_group(
+            "gloo", init_method=f"file://{rendezvous}", rank=rank, world_size=WORLD, timeout=timedelta(seconds=60)
+        )
         from torch.distributed.device_mesh import init_device_mesh
         from torch.distributed.tensor import DTensor, Shard, distribute_tensor
 
@@ -72,28 +71,40 @@ def _worker(rank: int, port: int, errors) -> None:
                             kwargs["out"] = sample.clone()
                         return scheduler.step(model_output, case["timestep"], sample, **kwargs).prev_sample
 
+                    label = f"{'flow' if flow else 'ddim'} {placement} {name}"
                     sharded = call(md, xd)
                     if not isinstance(sharded, DTensor):
-                        raise AssertionError(f"{name}: the step on a DTensor returned {type(sharded).__name__}")
-                    whole = sharded.full_tensor()
+                        mismatches.append(f"{label}: the step on a DTensor returned {type(sharded).__name__}")
+                        continue
+                    whole = sharded.full_tensor()  # a collective: every rank runs every case, whatever it finds
                     if rank == 0:
                         expected = call(m, x)
                         if not torch.allclose(whole, expected, rtol=1e-6, atol=1e-6):
                             difference = (whole - expected).abs().max().item()
-                            label = "flow" if flow else "ddim"
-                            raise AssertionError(
-                                f"{label} {placement} {name}: {difference:.2e} from the unsharded step"
-                            )
-        distributed.destroy_process_group()
+                            mismatches.append(f"{label}: {difference:.2e} from the unsharded step")
+        distributed.barrier()  # no rank leaves while another still talks to it
     except Exception:
         errors.put(f"rank {rank}: {traceback.format_exc()}")
+    finally:
+        if distributed.is_initialized():
+            distributed.destroy_process_group()
+    for mismatch in mismatches:
+        errors.put(f"rank {rank}: {mismatch}")
+    # Leave without running the interpreter's teardown: gloo's threads can abort it ("terminate called without
+    # an active exception") after the work is done and reported.
+    os._exit(0)
 
 
-def test_a_step_on_sharded_latents_equals_the_step_on_the_whole_latents():
+def test_a_step_on_sharded_latents_equals_the_step_on_the_whole_latents(tmp_path):
     context = mp.get_context("spawn")
     errors = context.SimpleQueue()
-    mp.start_processes(_worker, args=(_free_port(), errors), nprocs=WORLD, join=True, start_method="spawn")
     problems = []
+    try:
+        mp.start_processes(
+            _worker, args=(str(tmp_path / "rendezvous"), errors), nprocs=WORLD, join=True, start_method="spawn"
+        )
+    except ProcessException as exited:  # a process that died: report it with what the others said
+        problems.append(str(exited))
     while not errors.empty():
         problems.append(errors.get())
     assert not problems, "\n".join(problems)

@@ -104,7 +104,8 @@ class StepPlan:
 
     def _resolve(self, timestep: Any, landing: Any, sample: torch.Tensor) -> Resolved:
         """The key(s) of the step(s) a timestep argument names (validated), with ``landing`` where the caller
-        overrides where steps land: a host key, host keys [..., k], or keys on the sample's device."""
+        overrides where steps land: a host key, host keys [..., k], :class:`OwnSteps` (per-element steps that
+        are all the plan's own), or keys on the sample's device."""
         raise NotImplementedError
 
     def _host_row(self, key: Key, eta: float) -> StepCoefficients:
